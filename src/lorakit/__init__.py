@@ -1,0 +1,61 @@
+"""lorakit: LoRA adapters for PyTorch and Hugging Face models, in PEFT's on-disk format."""
+
+__version__ = "0.1.0"
+
+from lorakit.adapters import (
+    active_adapters,
+    add_adapter,
+    count_parameters,
+    delete_adapter,
+    disable_adapters,
+    get_config,
+    list_adapters,
+    merge_adapter,
+    merge_and_unload,
+    print_trainable_parameters,
+    set_adapter,
+    unload,
+    unmerge_adapter,
+)
+from lorakit.combine import combine_adapters
+from lorakit.config import LoraConfig
+from lorakit.errors import (
+    AdapterError,
+    AdapterFileError,
+    ConfigError,
+    LorakitError,
+    MergeError,
+    TargetError,
+)
+from lorakit.inject import register_layer_type
+from lorakit.io.checkpoint import adapter_state_dict, load_adapter, read_adapter, save_adapter
+
+__all__ = [
+    "AdapterError",
+    "AdapterFileError",
+    "ConfigError",
+    "LoraConfig",
+    "LorakitError",
+    "MergeError",
+    "TargetError",
+    "__version__",
+    "active_adapters",
+    "adapter_state_dict",
+    "add_adapter",
+    "combine_adapters",
+    "count_parameters",
+    "delete_adapter",
+    "disable_adapters",
+    "get_config",
+    "list_adapters",
+    "load_adapter",
+    "merge_adapter",
+    "merge_and_unload",
+    "print_trainable_parameters",
+    "read_adapter",
+    "register_layer_type",
+    "save_adapter",
+    "set_adapter",
+    "unload",
+    "unmerge_adapter",
+]

@@ -1,0 +1,198 @@
+"""Adapter bookkeeping shared by every LoRA layer type: named adapters, active / merged / disabled state.
+
+No LoRA math lives here: each layer type defines how its weights look (`create_weights`, `reset_weights`),
+its `delta_weight` in the base weight's layout, and its forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lorakit.errors import AdapterError, MergeError
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What one layer needs to build one adapter (resolved per module from a LoraConfig)."""
+
+    r: int
+    lora_alpha: float
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+    lora_bias: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / math.sqrt(self.r) if self.use_rslora else self.lora_alpha / self.r
+
+
+class LoraLayer(nn.Module):
+    """A base layer plus named adapters. Per-adapter tensors live in dicts keyed by adapter name."""
+
+    # attribute names of the ModuleDict / ParameterDict containers keyed by adapter name (for delete/save)
+    adapter_containers: ClassVar[tuple[str, ...]] = ("lora_A", "lora_B", "lora_dropout", "lora_variant")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_dropout = nn.ModuleDict()
+        # variant modules (e.g. DoRA) that replace the plain update for one adapter; see layers/dora.py
+        self.lora_variant = nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.lora_bias: dict[str, bool] = {}
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disable_adapters: bool = False
+        # adapters that forward must compute: active and not merged (kept in sync by _refresh)
+        self._live: tuple[str, ...] = ()
+
+    # -- to be provided by each layer type ------------------------------------------------------------
+    def create_weights(self, name: str, spec: AdapterSpec, dtype: torch.dtype, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def reset_weights(self, name: str, init: bool | str) -> None:
+        raise NotImplementedError
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """scaling * B @ A, in the layout of the base layer's weight."""
+        raise NotImplementedError
+
+    def lora_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as the parameters are stored."""
+        raise NotImplementedError
+
+    # -- shared bookkeeping ---------------------------------------------------------------------------
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def base_shape(self) -> tuple[int, ...]:
+        return weight_shape(self.base_layer)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.r)
+
+    def add_adapter(self, name: str, spec: AdapterSpec) -> None:
+        if name in self.r:
+            raise AdapterError(f"this layer already has an adapter named {name!r}")
+        weight = self.base_weight
+        # Adapters of a 16-bit base train in fp32 (their updates are too small for bf16); fp32 stays fp32.
+        dtype = torch.float32 if weight.dtype in LOW_PRECISION or not weight.dtype.is_floating_point else weight.dtype
+        self.r[name] = spec.r
+        self.lora_alpha[name] = spec.lora_alpha
+        self.scaling[name] = spec.scaling
+        self.lora_bias[name] = spec.lora_bias
+        self.lora_dropout[name] = nn.Dropout(spec.lora_dropout) if spec.lora_dropout > 0 else nn.Identity()
+        self.create_weights(name, spec, dtype, weight.device)
+        if weight.device.type != "meta":
+            self.reset_weights(name, spec.init_lora_weights)
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise AdapterError(f"adapter {name!r} is merged into the base weights; unmerge it before deleting")
+        for attr in self.adapter_containers:
+            container = getattr(self, attr, None)
+            if container is not None and name in container:
+                del container[name]
+        for table in (self.r, self.lora_alpha, self.scaling, self.lora_bias):
+            table.pop(name, None)
+        self.active_adapters = [a for a in self.active_adapters if a != name]
+        self._refresh()
+
+    def set_active(self, names: Iterable[str]) -> None:
+        self.active_adapters = [n for n in names if n in self.r]
+        self._refresh()
+
+    def set_scale(self, name: str, scaling: float) -> None:
+        if name in self.merged_adapters:
+            raise AdapterError(f"adapter {name!r} is merged; unmerge it before changing its scale")
+        self.scaling[name] = scaling
+
+    def _refresh(self) -> None:
+        self._live = tuple(n for n in self.active_adapters if n not in self.merged_adapters)
+
+    # -- merge / unmerge: W <- W + delta, exactly undone in reverse order -----------------------------
+    def merge(self, names: Iterable[str] | None = None, safe_merge: bool = False) -> None:
+        for name in list(names) if names is not None else list(self.active_adapters):
+            if name in self.merged_adapters or name not in self.r:
+                continue
+            self._check_mergeable(name)
+            variant = self.lora_variant[name] if name in self.lora_variant else None
+            if variant is not None:
+                variant.merge(self, name, safe_merge)
+            else:
+                self._add_to_base(name, sign=1.0, safe=safe_merge)
+            self.merged_adapters.append(name)
+        self._refresh()
+
+    def unmerge(self, keep: int = 0) -> None:
+        """Undo merges in reverse order, leaving the first `keep` merged adapters in place."""
+        while len(self.merged_adapters) > keep:
+            name = self.merged_adapters.pop()
+            variant = self.lora_variant[name] if name in self.lora_variant else None
+            if variant is not None:
+                variant.unmerge(self, name)
+            else:
+                self._add_to_base(name, sign=-1.0, safe=False)
+        self._refresh()
+
+    def _check_mergeable(self, name: str) -> None:
+        """Layer types that cannot merge some configurations raise MergeError here."""
+
+    def _add_to_base(self, name: str, sign: float, safe: bool) -> None:
+        weight = self.base_weight
+        delta = self.delta_weight(name)
+        bias_delta = self.bias_delta(name)
+        with torch.no_grad():
+            if safe:
+                merged = weight.float() + sign * delta.float()
+                if not torch.isfinite(merged).all():
+                    raise MergeError(
+                        f"merging adapter {name!r} would write NaN/Inf into the base weights; "
+                        "the model was left unchanged"
+                    )
+                weight.copy_(merged.to(weight.dtype))
+            else:
+                weight.add_(delta.to(weight.dtype), alpha=sign)
+            if bias_delta is not None:
+                bias = self.base_layer.bias
+                if bias is None:
+                    raise MergeError(f"adapter {name!r} has lora_bias but the base layer has no bias to merge into")
+                bias.add_(bias_delta.to(bias.dtype), alpha=sign)
+
+    def bias_delta(self, name: str) -> torch.Tensor | None:
+        if not self.lora_bias.get(name):
+            return None
+        return self.lora_B[name].bias * self.scaling[name]
+
+    def extra_repr(self) -> str:
+        parts = [f"{n}: r={self.r[n]}, scaling={self.scaling[n]:g}" for n in self.r]
+        state = f"active={self.active_adapters}, merged={self.merged_adapters}"
+        return "; ".join([*parts, state])
+
+
+def adapter_compute_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The adapter runs in its own dtype (fp32 over a 16-bit base); a no-op when dtypes agree."""
+    return x if x.dtype == weight.dtype else x.to(weight.dtype)
+
+
+def weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """The logical shape of a layer's weight (a packed 4-bit weight reports the shape it stands for)."""
+    weight = module.weight
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return tuple(quant_state.shape)
+    return tuple(weight.shape)
