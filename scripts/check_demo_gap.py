@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "lorakit" / "data"
 
@@ -175,10 +175,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     train_texts, train_labels = read_jsonl(args.train_file)
@@ -193,6 +194,22 @@ def main() -> None:
     y_train = torch.cat([b["labels"] for b in train_batches])
     y_test = torch.cat([b["labels"] for b in test_batches])
 
+    probe_acc = float("nan")
+    if not args.skip_probe:
+        probe_acc = run_probe(train_batches, test_batches, y_train, y_test, n_classes)
+    if args.skip_finetune:
+        return
+    start = time.perf_counter()
+    ft_acc = finetune(train_batches, test_batches, n_classes, args)
+    seconds = time.perf_counter() - start
+    print(f"LoRA fine-tune (r={args.rank} on query/value, {args.epochs} epochs, {args.threads} threads): "
+          f"test acc {ft_acc:.3f}  [{seconds:.1f}s]")
+    print(f"gap: {ft_acc - probe_acc:+.3f}")
+
+
+def run_probe(train_batches, test_batches, y_train, y_test, n_classes: int) -> float:
+    from transformers import AutoModel
+
     start = time.perf_counter()
     frozen = AutoModel.from_pretrained(model_dir())
     train_mean, train_cls = embed(frozen, train_batches)
@@ -205,15 +222,7 @@ def main() -> None:
     print("probe accuracies: " + ", ".join(f"{p}/wd={w:g}: {a:.3f}" for (p, w), a in results.items()))
     print(f"linear probe (best: {pool}-pooled, wd={wd:g}): test acc {probe_acc:.3f}  "
           f"[{time.perf_counter() - start:.1f}s]", flush=True)
-
-    if args.skip_finetune:
-        return
-    start = time.perf_counter()
-    ft_acc = finetune(train_batches, test_batches, n_classes, args)
-    seconds = time.perf_counter() - start
-    print(f"LoRA fine-tune (r={args.rank} on query/value, {args.epochs} epochs, {args.threads} threads): "
-          f"test acc {ft_acc:.3f}  [{seconds:.1f}s]")
-    print(f"gap: {ft_acc - probe_acc:+.3f}")
+    return probe_acc
 
 
 if __name__ == "__main__":

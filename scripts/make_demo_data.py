@@ -55,7 +55,7 @@ TIMES = ["", "", "", "yesterday ", "this morning ", "last night ", "at noon ", "
 CONSTRUCTIONS = [
     "{time}the {doer} {past} the {target}{place}",                 # active: doer first
     "{time}the {target} was {pp} by the {doer}{place}",             # passive: target first
-    "{time}the {doer} {neg} {base} the {target}{place}",            # negated active: doer first
+    "{time}the {doer} {negated} the {target}{place}",               # negated active: doer first
     "{time}the {target} got {pp} by the {doer}{place}",             # get-passive: target first
     "it was the {doer} that {past} the {target}{place}",            # subject cleft: doer first
     "it was the {target} that the {doer} {past}{place}",            # object cleft: target first
@@ -66,7 +66,7 @@ CONSTRUCTIONS = [
 ASIDES = ["while the {other} {idle}", "as the {other} {idle}", "before the {other} {idle}"]
 IDLE = ["slept", "watched", "waited", "laughed", "stood still", "looked away", "ate", "sat nearby"]
 AFTER = ["ran away", "stood still", "fell asleep", "looked tired", "went home", "was hungry"]
-NEGATIONS = ["did not", "never", "didn't"]
+NEGATIONS = ["did not {base}", "didn't {base}", "never {past}"]
 
 
 def noun(word: str, rng: random.Random) -> str:
@@ -74,31 +74,33 @@ def noun(word: str, rng: random.Random) -> str:
     return f"{adjective} {word}" if adjective else word
 
 
-def make_example(person: str, animal: str, label: str, rng: random.Random) -> dict:
+def make_example(person: str, animal: str, label: str, rng: random.Random, aside_prob: float = 0.5) -> dict:
     doer, target = (person, animal) if label == "person" else (animal, person)
     base, past, pp = rng.choice(VERBS)
     text = rng.choice(CONSTRUCTIONS).format(
-        time=rng.choice(TIMES), place=rng.choice(PLACES), base=base, past=past, pp=pp,
-        neg=rng.choice(NEGATIONS), after=rng.choice(AFTER), doer=noun(doer, rng), target=noun(target, rng),
+        time=rng.choice(TIMES), place=rng.choice(PLACES), past=past, pp=pp,
+        negated=rng.choice(NEGATIONS).format(base=base, past=past), after=rng.choice(AFTER),
+        doer=noun(doer, rng), target=noun(target, rng),
     )
-    if rng.random() < 0.5:
+    if rng.random() < aside_prob:
         other = rng.choice([p for p in PERSONS + ANIMALS if p not in (person, animal)])
         aside = rng.choice(ASIDES).format(other=noun(other, rng), idle=rng.choice(IDLE))
         text = f"{aside}, {text}" if rng.random() < 0.5 else f"{text} {aside}"
     return {"text": text, "label": label}
 
 
-def make_split(pairs: list[tuple[str, str]], n: int, rng: random.Random) -> list[dict]:
+def make_split(pairs: list[tuple[str, str]], n: int, rng: random.Random, aside_prob: float) -> list[dict]:
     """n examples over the given (person, animal) pairs, exactly balanced between the two labels."""
     labels = ["person", "animal"] * (n // 2) + ["person"] * (n % 2)
     rng.shuffle(labels)
-    return [make_example(*rng.choice(pairs), label, rng) for label in labels]
+    return [make_example(*rng.choice(pairs), label, rng, aside_prob) for label in labels]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=2000, help="number of training examples")
     parser.add_argument("--test", type=int, default=500, help="number of test examples")
+    parser.add_argument("--aside-prob", type=float, default=0.5, help="chance of a clause about a third noun")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args()
@@ -111,7 +113,7 @@ def main() -> None:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, split_pairs, n in (("train", train_pairs, args.train), ("test", test_pairs, args.test)):
-        rows = make_split(split_pairs, n, rng)
+        rows = make_split(split_pairs, n, rng, args.aside_prob)
         path = args.out_dir / f"demo_{name}.jsonl"
         with path.open("w", encoding="utf-8") as f:
             for row in rows:

@@ -29,6 +29,7 @@ from lorakit.errors import (
 )
 from lorakit.inject import register_layer_type
 from lorakit.io.checkpoint import adapter_state_dict, load_adapter, read_adapter, save_adapter
+from lorakit.mixed import mixed_adapters
 
 __all__ = [
     "AdapterError",
@@ -51,6 +52,7 @@ __all__ = [
     "load_adapter",
     "merge_adapter",
     "merge_and_unload",
+    "mixed_adapters",
     "print_trainable_parameters",
     "read_adapter",
     "register_layer_type",

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from lorakit.config import LoraConfig
-from lorakit.errors import AdapterError, TargetError
+from lorakit.errors import AdapterError, MergeError, TargetError
 from lorakit.inject import inject, lora_layers, set_submodule, trainable_copies
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.saved_module import TrainableCopy
@@ -17,6 +17,8 @@ from lorakit.layers.saved_module import TrainableCopy
 REGISTRY_ATTR = "_lorakit_configs"  # {adapter name: LoraConfig}, kept on the model itself
 ACTIVE_ATTR = "_lorakit_active"
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+# names a torch ModuleDict / ParameterDict already uses as attributes ("forward", "items", "training", ...)
+RESERVED_NAMES = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 
 
 # -- registry --------------------------------------------------------------------------------------------
@@ -55,23 +57,28 @@ def add_adapter(
     The first adapter freezes the base model. With `activate`, the new adapter becomes the active one."""
     if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
+    if adapter_name in RESERVED_NAMES:
+        raise AdapterError(f"adapter name {adapter_name!r} is reserved (a torch.nn.ModuleDict attribute); pick another")
     configs = adapter_configs(model)
     if adapter_name in configs:
         raise AdapterError(
             f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first"
         )
+    from lorakit.io.rollback import restore_on_error  # imported here: rollback builds on this module
+
     first = not configs
-    if first:
-        for param in model.parameters():
-            param.requires_grad_(False)
-    inject(model, config, adapter_name)
-    _wrap_modules_to_save(model, config, adapter_name)
-    configs[adapter_name] = config
-    if activate or first:
-        set_adapter(model, adapter_name)
-    else:
-        _apply_trainable(model)
-    _apply_bias_mode(model, config)
+    with restore_on_error(model, adapter_name, config):  # a failure half-way leaves the model as it was
+        if first:
+            for param in model.parameters():
+                param.requires_grad_(False)
+        inject(model, config, adapter_name)
+        _wrap_modules_to_save(model, config, adapter_name)
+        configs[adapter_name] = config
+        if activate or first:
+            set_adapter(model, adapter_name)
+        else:
+            _apply_trainable(model)
+        _apply_bias_mode(model, config)
     return model
 
 
@@ -191,6 +198,13 @@ def merge_adapter(model: nn.Module, adapter_names: list[str] | None = None, safe
     With safe_merge, a merge that would produce NaN/Inf raises before the layer's weight is touched."""
     names = active_adapters(model) if adapter_names is None else list(adapter_names)
     _require(model, names)
+    users = _parameter_users(model)
+    for path, layer in lora_layers(model):  # check all layers first: a refusal leaves every weight untouched
+        try:
+            layer.check_merge(names, finite=safe_merge)
+            _check_not_tied(path, layer, names, users)
+        except MergeError as exc:
+            raise MergeError(f"layer {path}: {exc}; the model was left unchanged") from None
     done: list[tuple[LoraLayer, int]] = []
     try:
         for _, layer in lora_layers(model):
@@ -200,6 +214,25 @@ def merge_adapter(model: nn.Module, adapter_names: list[str] | None = None, safe
         for layer, before in reversed(done):  # all or nothing: restore the layers merged by this call
             layer.unmerge(keep=before)
         raise
+
+
+def _parameter_users(model: nn.Module) -> dict[int, list[str]]:
+    users: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        users.setdefault(id(param), []).append(name)
+    return users
+
+
+def _check_not_tied(path: str, layer: LoraLayer, names: list[str], users: dict[int, list[str]]) -> None:
+    """A tied weight (e.g. input embeddings = output head) would take the update in both places."""
+    if not any(n in layer.r and n not in layer.merged_adapters for n in names):
+        return
+    others = [u for u in users.get(id(layer.base_weight), []) if not u.startswith(path + ".")]
+    if others:
+        raise MergeError(
+            f"its weight is tied to {others}, so merging would change those modules too; keep the adapter "
+            "unmerged, or untie the weights (e.g. tie_word_embeddings=False) before adding the adapter"
+        )
 
 
 def unmerge_adapter(model: nn.Module) -> None:

@@ -20,6 +20,14 @@ BIAS_MODES = ("none", "all", "lora_only")
 # Keys not listed here (from newer PEFT versions) follow the same rule: off (None / False / {} / []) is fine.
 PEFT_ALWAYS_IGNORED = {"peft_version", "auto_mapping", "revision", "megatron_core", "qalora_group_size"}
 PEFT_OFF_VALUES: dict[str, object] = {"use_qalora": False, "ensure_weight_tying": False, "loftq_config": {}}
+# PEFT inits that only choose the first A / B and leave the base weight alone: an adapter file's tensors replace
+# them, so such a file loads as plain LoRA (their settings, e.g. eva_config, describe the init only)
+INIT_ONLY_METHODS = ("eva", "orthogonal", "mica")
+# PEFT trains and saves a task's head in full (it adds these names to modules_to_save, then expects the head's
+# weights in every adapter file of that task_type); lorakit does the same so its files load in PEFT.
+TASK_HEADS: dict[str, tuple[str, ...]] = {
+    "SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",),
+}
 
 
 @dataclass
@@ -69,6 +77,8 @@ class LoraConfig:
             )
         if self.peft_type != "LORA":
             raise ConfigError(f"peft_type={self.peft_type!r}: this config describes a LoRA adapter ('LORA')")
+        if isinstance(self.target_modules, str) and self.target_modules.lower() == "all-linear":
+            self.target_modules = "all-linear"  # PEFT accepts any case
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             _check_regex("target_modules", self.target_modules)
         if isinstance(self.exclude_modules, str):
@@ -83,6 +93,10 @@ class LoraConfig:
             self.layers_to_transform = [self.layers_to_transform]
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
+        heads = TASK_HEADS.get(self.task_type or "", ())
+        if heads:
+            saved = list(self.modules_to_save or [])
+            self.modules_to_save = saved + [h for h in heads if h not in saved]
 
     # -- per-module values -----------------------------------------------------------------------------
     def rank_for(self, module_path: str) -> int:
@@ -124,6 +138,9 @@ class LoraConfig:
         Keys of PEFT features lorakit lacks are accepted only while the feature is off."""
         values = dict(values)
         extra = {k: values.pop(k) for k in list(values) if k.startswith("lorakit_")}
+        if values.get("init_lora_weights") in INIT_ONLY_METHODS:
+            values["init_lora_weights"] = True
+            values.pop("eva_config", None)
         known = set(cls.field_names())
         for key in sorted(set(values) - known):
             value = values.pop(key)
@@ -152,17 +169,36 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     if value is None:
         return None
     options = _type_options(hint)
-    if type(value) in options:
-        return value
-    for option in options:
+    if isinstance(value, str):  # strings a str option would otherwise swallow whole
+        text = value.strip()
+        if bool in options and text.lower() in ("true", "false"):  # init_lora_weights: bool | str
+            return text.lower() == "true"
+        if list in options and _NAME_LIST.fullmatch(text):  # target_modules: "q_proj,v_proj" is a list, not a regex
+            value = [v.strip() for v in text.split(",")]
+    converted = value if type(value) in options else _FAIL
+    for option in options if converted is _FAIL else ():
         converted = _try_convert(value, option)
         if converted is not _FAIL:
-            return converted
-    names = " | ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"{name}={value!r}: expected {names}")
+            break
+    if converted is _FAIL:
+        names = " | ".join(getattr(o, "__name__", str(o)) for o in options)
+        raise ConfigError(f"{name}={value!r}: expected {names}")
+    item = _list_item_type(hint)
+    if isinstance(converted, list) and item is not None:  # layers_to_transform "0,1" -> [0, 1]
+        converted = [coerce(f"{name}[{i}]", v, item) for i, v in enumerate(converted)]
+    return converted
 
 
 _FAIL = object()
+_NAME_LIST = re.compile(r"[\w.\-]+(\s*,\s*[\w.\-]+)+")
+
+
+def _list_item_type(hint: Any) -> Any:
+    """X for a hint holding list[X] (possibly inside a union), else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((t for t in map(_list_item_type, typing.get_args(hint)) if t is not None), None)
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) is list and args else None
 
 
 def _type_options(hint: Any) -> list[Any]:
@@ -197,7 +233,7 @@ def _try_convert(value: Any, target: Any) -> Any:
         if target is list:
             if isinstance(value, (tuple, set)):
                 return list(value)
-            if isinstance(value, str) and "," in value:
+            if isinstance(value, str):  # "a,b" -> ["a", "b"]; one name -> [name]
                 return [v.strip() for v in value.split(",") if v.strip()]
             return _FAIL
         if target is dict:

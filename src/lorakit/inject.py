@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 
 from torch import nn
@@ -64,6 +66,20 @@ def register_layer_type(module_type: type, factory: LayerFactory, linear: bool =
         LINEAR_TYPES.add(module_type)
 
 
+# optional library -> the lorakit module that registers its layer types. Imported once the library is loaded (a
+# model cannot hold its layers otherwise), so lorakit itself never imports the library; its `prepare_model(model)`,
+# if any, runs before targets are chosen.
+OPTIONAL_LAYER_MODULES = {"bitsandbytes": "lorakit.layers.quantized"}
+
+
+def prepare_optional_types(model: nn.Module) -> None:
+    for library, module_name in OPTIONAL_LAYER_MODULES.items():
+        if library in sys.modules:
+            module = importlib.import_module(module_name)
+            if hasattr(module, "prepare_model"):
+                module.prepare_model(model)
+
+
 def factory_for(module: nn.Module) -> LayerFactory | None:
     for klass in type(module).__mro__:
         if klass in LAYER_TYPES:
@@ -86,12 +102,13 @@ def base_of(module: nn.Module) -> nn.Module:
 
 def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     """Module paths the config selects, validated: something matched and every match can be adapted."""
+    prepare_optional_types(model)
     targets = config.target_modules if config.target_modules is not None else default_targets(model)
     head = output_head_path(model)
-    saved = set(config.modules_to_save or [])
+    saved = config.modules_to_save or []
     chosen: list[str] = []
     for path, module in iter_candidates(model):
-        if not _selected(path, base_of(module), targets, head, saved):
+        if not _selected(path, base_of(module), targets, head) or _in_saved_module(path, saved):
             continue
         if config.exclude_modules is not None and _name_matches(path, config.exclude_modules):
             continue
@@ -133,11 +150,15 @@ def output_head_path(model: nn.Module) -> str | None:
     return None
 
 
-def _selected(path: str, module: nn.Module, targets: list[str] | str, head: str | None, saved: set[str]) -> bool:
+def _selected(path: str, module: nn.Module, targets: list[str] | str, head: str | None) -> bool:
     if targets == "all-linear":
-        leaf = path.rsplit(".", 1)[-1]
-        return type(module) in LINEAR_TYPES and path != head and leaf not in saved and path not in saved
+        return type(module) in LINEAR_TYPES and path != head
     return _name_matches(path, targets)
+
+
+def _in_saved_module(path: str, saved: list[str]) -> bool:
+    """A module trained in full (modules_to_save), or inside one, never gets an adapter (PEFT's rule)."""
+    return any(re.match(rf"(^|.*\.){re.escape(name)}($|\..*)", path) for name in saved)
 
 
 def _name_matches(path: str, targets: list[str] | str) -> bool:
@@ -179,14 +200,21 @@ def spec_for(config: LoraConfig, path: str) -> AdapterSpec:
     return AdapterSpec(
         r=config.rank_for(path), lora_alpha=config.alpha_for(path), lora_dropout=config.lora_dropout,
         use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights, lora_bias=config.lora_bias,
+        use_dora=config.use_dora,
     )
 
 
 def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
     """Add adapter `adapter_name` to every selected layer, wrapping the ones not yet wrapped. Returns the paths."""
     paths = find_targets(model, config)
+    custom = getattr(config, "inject_layer", None)  # variant configs (AdaLoRA) wrap and add with their own layers
     for path in paths:
         module = model.get_submodule(path)
+        if custom is not None:
+            wrapper = custom(module, path, adapter_name)
+            if wrapper is not module:
+                set_submodule(model, path, wrapper)
+            continue
         if not isinstance(module, LoraLayer):
             module = factory_for(module)(module)
             set_submodule(model, path, module)

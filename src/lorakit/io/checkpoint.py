@@ -1,7 +1,7 @@
 """save_adapter / load_adapter in PEFT's format: adapter_config.json + adapter_model.safetensors.
 
-Saves are atomic (temporary files, then rename; the config, written last, carries the weights' checksum),
-loads check everything before the model is touched and roll back on any mismatch.
+Saves are atomic (io/atomic.py: both files or neither; the config, renamed last, carries the weights' checksum).
+Loads check the files before the model is touched, and undo everything if anything fails after that.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +19,45 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from lorakit import __version__
-from lorakit.adapters import adapter_configs, add_adapter, delete_adapter, get_config
+from lorakit.adapters import ADAPTER_NAME, adapter_configs, add_adapter, get_config
 from lorakit.config import LoraConfig
-from lorakit.errors import AdapterFileError, LorakitError
+from lorakit.errors import AdapterError, AdapterFileError, ConfigError, LorakitError, TargetError
 from lorakit.inject import default_targets, lora_layers, trainable_copies
+from lorakit.io.atomic import recover_backup, replace_files
 from lorakit.io.fingerprint import check_fingerprint, fingerprint
-from lorakit.io.keys import layer_path_of, to_file_key, to_model_key
+from lorakit.io.keys import base_bias_file_key, layer_path_of, model_key_candidates, tensor_role, to_file_key
+from lorakit.io.rollback import restore_on_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model under torch.compile / DataParallel wrappers: the one holding the adapters and their keys."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 # -- saving ----------------------------------------------------------------------------------------------------
 def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's tensors under their file keys (what save_adapter writes)."""
+    model = unwrap_model(model)
     config = get_config(model, adapter_name)
     out: dict[str, torch.Tensor] = {}
     lora_only_biases = {f"{p}.base_layer.bias" for p, layer in lora_layers(model) if adapter_name in layer.r}
     for key, tensor in model.state_dict().items():
         file_key = to_file_key(key, adapter_name)
         if file_key is None and _is_trained_bias(key, config.bias, lora_only_biases):
-            file_key = "base_model.model." + key
+            file_key = base_bias_file_key(key)
         if file_key is not None:
             out[file_key] = tensor.detach().to("cpu").contiguous()
+    _check_nothing_left_out(model, adapter_name)
     return out
 
 
@@ -52,10 +67,30 @@ def _is_trained_bias(key: str, mode: str, lora_only_biases: set[str]) -> bool:
     return mode == "lora_only" and key in lora_only_biases
 
 
+def _check_nothing_left_out(model: nn.Module, adapter_name: str) -> None:
+    """Every tensor a layer keeps for this adapter must have a file key: a silently dropped one is a broken save."""
+    for path, layer in lora_layers(model):
+        for attr in layer.adapter_containers:
+            container = getattr(layer, attr, None)
+            if container is None or adapter_name not in container:
+                continue
+            item = container[adapter_name]
+            keys = [""] if isinstance(item, torch.Tensor) else [f".{k}" for k in item.state_dict()]
+            for suffix in keys:
+                model_key = f"{path}.{attr}.{adapter_name}{suffix}"
+                if to_file_key(model_key, adapter_name) is None:
+                    raise AdapterFileError(
+                        f"cannot save adapter {adapter_name!r}: tensor {model_key} has no key in PEFT's file format "
+                        "(a layer type that keeps adapter tensors outside lora_A / lora_B / lora_embedding_A/B / "
+                        "lora_magnitude_vector)"
+                    )
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write one adapter. "default" goes in `path`; any other name in `path/<name>` (PEFT's layout).
 
     Returns the directory written. A crash mid-save leaves the previous adapter files intact."""
+    model = unwrap_model(model)
     config = get_config(model, adapter_name)
     directory = Path(path) if adapter_name == "default" else Path(path) / adapter_name
     if directory.exists() and not directory.is_dir():
@@ -63,9 +98,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     weights = safetensors_save(adapter_state_dict(model, adapter_name), metadata={"format": "pt"})
     config_dict = _config_for_file(model, config, adapter_name)
     config_dict["lorakit_weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    config_bytes = (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode()
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / WEIGHTS_NAME, weights)
-    _atomic_write(directory / CONFIG_NAME, (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode())
+    replace_files(directory, {WEIGHTS_NAME: weights, CONFIG_NAME: config_bytes})  # the config last: it commits
     return directory
 
 
@@ -80,28 +115,17 @@ def _config_for_file(model: nn.Module, config: LoraConfig, adapter_name: str) ->
     return values
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# -- loading ----------------------------------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------------------------
 def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_pickle: bool = False):
     """Read and validate an adapter directory without a model: (LoraConfig, extra config keys, tensors, dir)."""
     directory = resolve_directory(Path(path), adapter_name)
     config_path = directory / CONFIG_NAME
     try:
-        raw = json.loads(config_path.read_text())
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AdapterFileError(f"{config_path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise AdapterFileError(f"{config_path} could not be read as a JSON text file ({exc})") from None
     if not isinstance(raw, dict):
         raise AdapterFileError(f"{config_path} should hold a JSON object, found {type(raw).__name__}")
     try:
@@ -113,10 +137,14 @@ def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_p
 
 
 def resolve_directory(path: Path, adapter_name: str) -> Path:
-    if (path / CONFIG_NAME).is_file():
-        return path
-    if (path / adapter_name / CONFIG_NAME).is_file():
-        return path / adapter_name
+    """`path/<name>` (where save_adapter puts a non-default adapter) if it holds an adapter, else `path`."""
+    path = path.expanduser()
+    candidates = [path, path / adapter_name] if adapter_name == "default" else [path / adapter_name, path]
+    for directory in candidates:
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+    if path.is_file():
+        raise AdapterFileError(f"{path} is a file; pass the adapter's directory ({path.parent})")
     if not path.exists():
         raise AdapterFileError(f"adapter directory {path} does not exist")
     found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
@@ -125,13 +153,8 @@ def resolve_directory(path: Path, adapter_name: str) -> Path:
 
 def _read_weights(directory: Path, allow_pickle: bool, expected_sha256: str | None) -> dict[str, torch.Tensor]:
     weights_path = directory / WEIGHTS_NAME
-    if weights_path.is_file():
-        data = weights_path.read_bytes()
-        if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-            raise AdapterFileError(
-                f"{weights_path} does not match the checksum in its {CONFIG_NAME} (edited file, or files from "
-                "two different saves); save the adapter again"
-            )
+    if weights_path.is_file() or (expected_sha256 and recover_backup(weights_path, expected_sha256)):
+        data = _checked_bytes(weights_path, expected_sha256)
         try:
             return safetensors_load(data)
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
@@ -144,12 +167,33 @@ def _read_weights(directory: Path, allow_pickle: bool, expected_sha256: str | No
                 "If you trust it, pass allow_pickle=True (it is then read with torch.load(weights_only=True))"
             )
         try:
-            return torch.load(pickle_path, map_location="cpu", weights_only=True)
+            tensors = torch.load(pickle_path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise AdapterFileError(f"{pickle_path} could not be read safely ({exc})") from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise AdapterFileError(f"{pickle_path} does not hold a dict of tensors")
+        return tensors
     raise AdapterFileError(f"no adapter weights in {directory}: expected {WEIGHTS_NAME}")
 
 
+def _checked_bytes(weights_path: Path, expected_sha256: str | None) -> bytes:
+    data = weights_path.read_bytes() if weights_path.is_file() else b""
+    if not expected_sha256 or hashlib.sha256(data).hexdigest() == expected_sha256:
+        return data
+    previous = recover_backup(weights_path, expected_sha256)
+    if previous is not None:  # a save was killed between its two renames: the old pair is still whole
+        warnings.warn(
+            f"{weights_path} is from an interrupted save; loading the previous weights that match {CONFIG_NAME}",
+            stacklevel=4,
+        )
+        return previous
+    raise AdapterFileError(
+        f"{weights_path} does not match the checksum in its {CONFIG_NAME} (edited or truncated file, or files from "
+        "two different saves); save the adapter again"
+    )
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
 def load_adapter(
     model: nn.Module,
     path: str | os.PathLike,
@@ -160,57 +204,86 @@ def load_adapter(
 ) -> nn.Module:
     """Load an adapter (lorakit's or PEFT's) onto `model`, injecting its layers. Returns the model.
 
-    Everything is checked before the model is touched; on a mismatch the model is left as it was."""
+    A non-default name is looked up in `path/<name>` first (save_adapter's layout), then in `path`.
+    Files are checked before the model is touched; if anything fails, the model is left exactly as it was."""
+    if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):  # it also names a folder
+        raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
+    inner = unwrap_model(model)
     config, extra, tensors, directory = read_adapter(path, adapter_name, allow_pickle)
     source = f"adapter {directory}"
-    if adapter_name in adapter_configs(model):
+    if adapter_name in adapter_configs(inner):
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
     if extra.get("lorakit_fingerprint"):
-        check_fingerprint(extra["lorakit_fingerprint"], model, source)
+        check_fingerprint(extra["lorakit_fingerprint"], inner, source)
     config.inference_mode = not trainable
-    add_adapter(model, config, adapter_name, activate=activate)
-    try:
-        _copy_into_model(model, tensors, adapter_name, source)
-    except BaseException:
-        delete_adapter(model, adapter_name)  # roll back the injection
-        raise
+    with restore_on_error(inner, adapter_name, config):
+        try:
+            add_adapter(inner, config, adapter_name, activate=activate)
+        except (ConfigError, TargetError) as exc:  # the file's config does not fit this model
+            raise AdapterFileError(f"{source}: {exc}") from None
+        _copy_into_model(inner, tensors, adapter_name, source)
     return model
 
 
 def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
     saved_paths = frozenset(p for p, _ in trainable_copies(model))
     params = dict(model.state_dict(keep_vars=True))
+    position = {key: i for i, key in enumerate(params)}
     expected = {k for k in params if to_file_key(k, adapter_name) is not None}
+    matched: dict[str, str | None] = {}
+    for file_key in tensors:
+        candidates = model_key_candidates(file_key, adapter_name, saved_paths)
+        matched[file_key] = next((k for k in candidates if k in params), None)
+    # model order, so an error names the earliest layer that does not fit; unknown keys last
+    order = sorted(tensors, key=lambda k: (matched[k] is None, position.get(matched[k], 0), k))
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    seen: set[str] = set()
-    for file_key, tensor in tensors.items():
-        model_key = to_model_key(file_key, adapter_name, saved_paths)
-        if model_key not in params:
+    for file_key in order:
+        tensor, model_key = tensors[file_key], matched[file_key]
+        if model_key is None:
             raise AdapterFileError(
                 f"{source} has tensor {file_key}, which matches no parameter of this model "
-                f"(layer {layer_path_of(file_key)!r}); was it saved from another base model?"
+                f"(layer {layer_path_of(file_key)!r}); was it saved from another base model, or with a setting "
+                "(target_modules, use_dora, ...) that its adapter_config.json does not record?"
             )
         target = params[model_key]
         if tuple(target.shape) != tuple(tensor.shape):
             raise AdapterFileError(_shape_message(source, file_key, tensor, target))
+        if target.is_floating_point() and not tensor.is_floating_point():
+            raise AdapterFileError(f"{source}: tensor {file_key} has dtype {tensor.dtype}, expected floating point")
         pairs.append((target, tensor))
-        seen.add(model_key)
-    missing = sorted(expected - seen)
+    missing = sorted(expected - {k for k in matched.values() if k is not None}, key=position.__getitem__)
     if missing:
-        raise AdapterFileError(f"{source} lacks {len(missing)} adapter tensor(s), e.g. {missing[0]}")
+        names = [to_file_key(k, adapter_name) for k in missing]
+        raise AdapterFileError(
+            f"{source} lacks {len(missing)} tensor(s) that its adapter_config.json asks for, e.g. "
+            f"{', '.join(map(str, names[:3]))}"
+        )
     with torch.no_grad():
         for target, tensor in pairs:
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
 
 
 def _shape_message(source: str, file_key: str, tensor: torch.Tensor, target: torch.Tensor) -> str:
-    layer = layer_path_of(file_key)
-    name = file_key.rsplit(".", 2)[-2] if file_key.endswith(".weight") else file_key.rsplit(".", 1)[-1]
+    """E.g. 'adapter layer model.layers.0.self_attn.q_proj: lora_A is (8, 64) in the file, the model's layer takes
+    32 inputs'."""
+    layer, role = layer_path_of(file_key), tensor_role(file_key)
     got, want = tuple(tensor.shape), tuple(target.shape)
-    if name in ("lora_A", "lora_embedding_A") and len(got) >= 2 and got[1:] != want[1:]:
-        detail = f"the model's layer takes {want[1]} inputs"
-    elif name in ("lora_B", "lora_embedding_B") and got[0] != want[0]:
+    # A: (r, in, *kernel) / (r, vocab); B: (out, r, *1) / (dim, r)
+    axes = {"lora_A": (0, 1), "lora_embedding_A": (0, 1), "lora_B": (1, 0), "lora_embedding_B": (1, 0)}
+    rank_axis, io_axis = axes.get(role, (None, None))
+    if len(got) != len(want) or not got:
+        detail = f"the model expects {want}"
+    elif io_axis is not None and got[io_axis] != want[io_axis]:
+        detail = {
+            "lora_A": f"the model's layer takes {want[1]} inputs",
+            "lora_embedding_A": f"the model's embedding has {want[1]} rows (its vocab size)",
+            "lora_B": f"the model's layer has {want[0]} outputs",
+            "lora_embedding_B": f"the model's embedding has dimension {want[0]}",
+        }[role]
+    elif rank_axis is not None and got[rank_axis] != want[rank_axis]:
+        detail = f"rank {got[rank_axis]} in the file, but adapter_config.json gives this layer r={want[rank_axis]}"
+    elif role in ("lora_B.bias", "lora_magnitude_vector"):
         detail = f"the model's layer has {want[0]} outputs"
     else:
         detail = f"the model expects {want}"
-    return f"{source}: adapter layer {layer}: {name} is {got} in the file, {detail}"
+    return f"{source}: adapter layer {layer}: {role} is {got} in the file, {detail}"

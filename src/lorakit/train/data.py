@@ -1,0 +1,284 @@
+"""Training data: local JSON / JSONL / CSV / TSV / Parquet files -> tokenized examples, and batches of them.
+
+    train, val, stats = build_datasets(DataConfig(train_file="data/train.jsonl", validation_split=0.1), tok)
+    batch = collate(train[:8], tok.pad_token_id)      # {"input_ids", "attention_mask", "labels" | "label"}
+
+An example is a dict of lists. Causal LM formats (alpaca, chat, prompt_completion, text):
+{"input_ids", "attention_mask", "labels"} where labels are the input ids with IGNORE (-100) on every token
+that carries no loss: the prompt, non-assistant chat turns. (The model shifts: position t predicts t+1.)
+Classification: {"input_ids", "attention_mask", "label"} with label the index into stats["labels"].
+
+Reading is in data_files.py, the formats (fields, templates) in data_formats.py. Every data problem raises
+DataError, `path:line: reason`; with skip_bad_rows=True bad rows are skipped, counted in stats["bad_rows"] and
+logged as one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import torch
+
+from lorakit.errors import ConfigError
+from lorakit.train.data_files import BadRows, DataError, Row, read_rows
+from lorakit.train.data_formats import FORMATS, Classified, Segment, detect_format
+
+__all__ = ["IGNORE", "DataConfig", "DataError", "DataStats", "build_datasets", "collate", "pack"]
+
+IGNORE = -100  # label of a token that carries no loss (prompt, padding); torch's cross_entropy ignore_index
+ROLES = ("text", "text_pair", "label", "instruction", "input", "output", "prompt", "completion", "messages")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = None  # JSON / JSONL / CSV / TSV / Parquet file; None: the embedded demo dataset
+    validation_file: str | None = None  # same formats; None: validation_split of train_file, or no validation
+    validation_split: float = 0.0  # fraction of train_file held out for validation (seeded shuffle); 0: none
+    # auto (from the first row's fields) | alpaca | chat | prompt_completion | text | classification
+    format: str = "auto"
+    text_field: str = "text"  # text, classification
+    text_pair_field: str = "text_pair"  # classification: optional second text (sentence pairs)
+    label_field: str = "label"  # classification: a label name, or an integer
+    instruction_field: str = "instruction"  # alpaca
+    input_field: str = "input"  # alpaca: optional context
+    output_field: str = "output"  # alpaca: the response (trained)
+    prompt_field: str = "prompt"  # prompt_completion: not trained
+    completion_field: str = "completion"  # prompt_completion: trained
+    messages_field: str = "messages"  # chat: a list of {"role", "content"}; assistant turns are trained
+    max_seq_len: int = 512  # tokens per example; longer ones are cut at the end (counted in stats["truncated"])
+    packing: bool = False  # causal LM: concatenate examples and cut into blocks of max_seq_len (no padding)
+    skip_bad_rows: bool = False  # skip (and count) malformed rows instead of stopping at the first
+    labels: list[str] | None = None  # classification label names, in index order; None: sorted, from train_file
+    seed: int = 0  # seeds the validation_split shuffle
+
+    def __post_init__(self) -> None:
+        for name in ("train_file", "validation_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"data.{name}={value!r}: expected a file path or null")
+        split = self.validation_split
+        if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 <= split < 1:
+            raise ConfigError(f"data.validation_split={split!r}: expected a fraction in [0, 1), e.g. 0.1")
+        if self.validation_file is not None and split > 0:
+            raise ConfigError(f"data.validation_file={self.validation_file!r} and data.validation_split={split}: "
+                              "set one of them (the other to null / 0)")
+        choices = ["auto", *FORMATS]
+        if self.format not in choices:
+            raise ConfigError(f"data.format={self.format!r}: expected one of {choices}")
+        for role in ROLES:
+            value = getattr(self, f"{role}_field")
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"data.{role}_field={value!r}: expected the name of a field in the data")
+        for name, least in (("max_seq_len", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"data.{name}={value!r}: expected an integer >= {least}")
+        if self.packing and self.format == "classification":
+            raise ConfigError("data.packing=true applies to language-model formats, not classification; "
+                              "set data.packing=false")
+        if self.labels is not None:
+            if not isinstance(self.labels, (list, tuple)) or len(self.labels) < 2:
+                raise ConfigError(f"data.labels={self.labels!r}: expected a list of at least 2 label names, "
+                                  "or null to take them from the train file")
+            self.labels = [str(label) for label in self.labels]
+            repeated = sorted({label for label in self.labels if self.labels.count(label) > 1})
+            if repeated:
+                raise ConfigError(f"data.labels={self.labels!r}: {repeated} appear more than once")
+
+    def field_names(self) -> dict[str, str]:
+        """role -> the column that holds it, e.g. {"text": "sentence", "label": "label", ...}."""
+        return {role: getattr(self, f"{role}_field") for role in ROLES}
+
+
+class DataStats(TypedDict):
+    """What build_datasets did (a plain dict at run time)."""
+
+    format: str  # the format used (format=auto resolved)
+    labels: list[str] | None  # classification: label names in index order; else None
+    train_rows: int  # good rows read from train_file (before the validation split)
+    validation_rows: int  # good rows read from validation_file
+    bad_rows: int  # rows skipped by skip_bad_rows (both files)
+    bad_row_examples: list[str]  # the first few of their error messages
+    truncated: int  # examples cut to max_seq_len
+    dropped: int  # causal LM examples with no trained token left after truncation (prompt >= max_seq_len)
+    train_examples: int  # after the split and packing
+    validation_examples: int
+    trained_tokens: int  # train tokens that carry loss (labels != IGNORE); classification: 0
+    packed: bool
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[dict], DataStats]:
+    """(train examples, validation examples, stats) from cfg's files. The validation list is empty when
+    neither validation_file nor validation_split is set."""
+    if cfg.train_file is None:
+        raise DataError("data.train_file is not set; name a JSON / JSONL / CSV / TSV / Parquet file")
+    names, bad = cfg.field_names(), BadRows(skip=cfg.skip_bad_rows)
+    train_rows = read_rows(cfg.train_file, bad)
+    val_rows = read_rows(cfg.validation_file, bad) if cfg.validation_file else []
+    if not train_rows:
+        raise DataError(f"{cfg.train_file}: every row is bad ({bad.count} skipped); first: {bad.messages[0]}")
+    fmt = cfg.format if cfg.format != "auto" else detect_format(train_rows[0], names)
+    spec = FORMATS[fmt]
+    if cfg.packing and not spec.causal:
+        raise DataError(f"{cfg.train_file}: data.packing=true applies to language-model formats, and this file "
+                        f"is {fmt}; set data.packing=false")
+    train_items = _render(train_rows, fmt, names, tokenizer, bad)
+    val_items = _render(val_rows, fmt, names, tokenizer, bad)
+    stats = DataStats(format=fmt, labels=None, train_rows=len(train_items), validation_rows=len(val_items),
+                      bad_rows=0, bad_row_examples=[], truncated=0, dropped=0, train_examples=0,
+                      validation_examples=0, trained_tokens=0, packed=cfg.packing)
+    if spec.causal:
+        prefix = [] if fmt == "chat" and getattr(tokenizer, "chat_template", None) else special_prefix(tokenizer)
+        train, val = (_encode_all(items, tokenizer, prefix, cfg, stats) for items in (train_items, val_items))
+    else:
+        stats["labels"] = labels = cfg.labels or infer_labels([item for _, item in train_items])
+        index = {label: i for i, label in enumerate(labels)}
+        source = "data.labels" if cfg.labels else f"the labels found in {cfg.train_file}"
+        train, val = (_classify_all(items, index, source, tokenizer, cfg, stats, bad)
+                      for items in (train_items, val_items))
+    if not train:
+        raise DataError(f"{cfg.train_file}: no usable example ({stats['dropped']} dropped: nothing to train on "
+                        f"within max_seq_len={cfg.max_seq_len}; {bad.count} bad rows skipped)")
+    if cfg.validation_split > 0:
+        train, val = split_validation(train, cfg.validation_split, cfg.seed, cfg.train_file)
+    if cfg.packing:
+        train, val = pack(train, cfg.max_seq_len), pack(val, cfg.max_seq_len)
+    stats.update(bad_rows=bad.count, bad_row_examples=list(bad.messages), train_examples=len(train),
+                 validation_examples=len(val),
+                 trained_tokens=sum(t != IGNORE for e in train for t in e["labels"]) if spec.causal else 0)
+    _warn(stats, cfg)
+    return train, val, stats
+
+
+def _render(rows: list[Row], fmt: str, names: dict[str, str], tokenizer: Any, bad: BadRows) -> list[tuple[Row, Any]]:
+    out = []
+    for row in rows:
+        try:
+            out.append((row, FORMATS[fmt].render(row, names, tokenizer)))
+        except DataError as error:
+            bad.handle(error)
+    return out
+
+
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before a text (e.g. [BOS]; [CLS] for BERT; [] for GPT-2)."""
+    marked = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(marked) - len(plain) + 1):
+        if marked[start:start + len(plain)] == plain:
+            return list(marked[:start])
+    return []
+
+
+def encode_segments(segments: Sequence[Segment], tokenizer: Any,
+                    prefix: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): prefix + each segment tokenized on its own (+ EOS where asked); labels copy the ids
+    of trained segments and are IGNORE elsewhere."""
+    eos = tokenizer.eos_token_id
+    ids, labels = list(prefix), [IGNORE] * len(prefix)
+    for segment in segments:
+        piece = list(tokenizer(segment.text, add_special_tokens=False)["input_ids"]) if segment.text else []
+        if segment.eos and eos is not None:
+            piece.append(eos)
+        ids += piece
+        labels += piece if segment.trained else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def _encode_all(items: list[tuple[Row, Any]], tokenizer: Any, prefix: list[int], cfg: DataConfig,
+                stats: DataStats) -> list[dict]:
+    examples = []
+    for _, segments in items:
+        ids, labels = encode_segments(segments, tokenizer, prefix)
+        if not cfg.packing and len(ids) > cfg.max_seq_len:  # packing cuts long examples across blocks instead
+            ids, labels = ids[:cfg.max_seq_len], labels[:cfg.max_seq_len]
+            stats["truncated"] += 1
+            if all(t == IGNORE for t in labels):
+                stats["dropped"] += 1
+                continue
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return examples
+
+
+def infer_labels(items: Sequence[Classified]) -> list[str]:
+    """The label names in the data, sorted: numerically when they are all integers ("2" before "10")."""
+    names = {item.label for item in items}
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _classify_all(items: list[tuple[Row, Classified]], index: dict[str, int], source: str, tokenizer: Any,
+                  cfg: DataConfig, stats: DataStats, bad: BadRows) -> list[dict]:
+    examples = []
+    for row, item in items:
+        if item.label not in index:
+            bad.handle(DataError(f"{row.where}: unknown label {item.label!r}; the labels are {list(index)} "
+                                 f"({source}); fix the row or list every label in data.labels"))
+            continue
+        encoded = tokenizer(item.text, item.text_pair)
+        if len(encoded["input_ids"]) > cfg.max_seq_len:
+            stats["truncated"] += 1
+            encoded = tokenizer(item.text, item.text_pair, truncation=True, max_length=cfg.max_seq_len)
+        ids = list(encoded["input_ids"])
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "label": index[item.label]})
+    return examples
+
+
+def split_validation(examples: list[dict], fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:
+    """(train, validation): a seeded random `fraction` of the examples (at least one) held out; both keep
+    file order."""
+    n_val = max(1, round(len(examples) * fraction))
+    if n_val >= len(examples):
+        raise DataError(f"{source}: data.validation_split={fraction} of {len(examples)} examples leaves none to "
+                        "train on; lower it or give a data.validation_file")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_val])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+def pack(examples: Sequence[Mapping[str, Sequence[int]]], block: int) -> list[dict]:
+    """Concatenate causal-LM examples (in order) and cut the stream into blocks of `block` tokens; the last
+    block may be shorter. Labels travel with their tokens, so exactly the same tokens carry loss. Attention
+    is not masked between examples sharing a block; the EOS that ends each response separates them."""
+    ids = [t for e in examples for t in e["input_ids"]]
+    labels = [t for e in examples for t in e["labels"]]
+    return [{"input_ids": ids[i:i + block], "attention_mask": [1] * len(ids[i:i + block]),
+             "labels": labels[i:i + block]} for i in range(0, len(ids), block)]
+
+
+def collate(examples: Sequence[Mapping[str, Any]], pad_token_id: int | None) -> dict[str, torch.Tensor]:
+    """Pad to the longest example of the batch (on the right) and stack: input_ids with pad_token_id,
+    attention_mask with 0, labels with IGNORE; a classification "label" becomes a (batch,) tensor."""
+    if not examples:
+        raise ValueError("collate needs at least one example")
+    longest = max(len(e["input_ids"]) for e in examples)
+    if pad_token_id is None:
+        if any(len(e["input_ids"]) != longest for e in examples):
+            raise DataError("the tokenizer has no pad token, and this batch needs padding; set "
+                            "tokenizer.pad_token = tokenizer.eos_token (padding is masked out anyway)")
+        pad_token_id = 0
+    pads = {"input_ids": pad_token_id, "attention_mask": 0, "labels": IGNORE}
+    batch = {}
+    for key, pad in pads.items():
+        if key in examples[0]:
+            batch[key] = torch.tensor([list(e[key]) + [pad] * (longest - len(e[key])) for e in examples])
+    if "label" in examples[0]:
+        batch["label"] = torch.tensor([int(e["label"]) for e in examples])
+    return batch
+
+
+def _warn(stats: DataStats, cfg: DataConfig) -> None:
+    if stats["bad_rows"]:
+        log.warning("skipped %d bad rows (data.skip_bad_rows=true); first: %s", stats["bad_rows"],
+                    stats["bad_row_examples"][0])
+    if stats["truncated"] and not cfg.packing:
+        log.warning("%d examples were longer than data.max_seq_len=%d and were cut at the end%s",
+                    stats["truncated"], cfg.max_seq_len,
+                    f"; {stats['dropped']} lost every trained token and were dropped" if stats["dropped"] else "")

@@ -1,0 +1,151 @@
+"""Per-task losses and evaluation metrics. Losses are SUMS over their units (target tokens, or examples):
+the trainer divides by the units of the whole optimizer step, so the gradient is that of the mean loss over the
+global batch however it is split into micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.errors import ConfigError
+
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+
+
+def _tokens_of(example: Any, key: str) -> list[int]:
+    return list(example[key]) if isinstance(example, dict) else list(getattr(example, key))
+
+
+class Task:
+    """One training objective: its loss, its loss units, its metrics."""
+
+    name = ""
+    classification = False
+
+    def prepare(self, example: dict) -> dict:
+        """An example of the data pipeline in the form this task trains on (most tasks take it as it is)."""
+        return example
+
+    def collate(self, examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
+        from lorakit.train.data import collate
+
+        return collate(examples, pad_token_id)
+
+    def loss_units(self, example: Any) -> int:
+        raise NotImplementedError
+
+    def logits_and_targets(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, targets = self.logits_and_targets(model, batch)
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+
+
+class CausalLM(Task):
+    """Next-token prediction; position t predicts token t+1; labels IGNORE (prompt, padding) carry no loss."""
+
+    name = "causal-lm"
+
+    def loss_units(self, example: Any) -> int:
+        return sum(1 for t in _tokens_of(example, "labels")[1:] if t != IGNORE)
+
+    def logits_and_targets(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        vocab = logits.shape[-1]
+        return logits[:, :-1].reshape(-1, vocab), batch["labels"][:, 1:].reshape(-1)  # (b*(s-1), V), (b*(s-1),)
+
+
+class Seq2Seq(Task):
+    """Encoder-decoder: the untrained tokens (prompt) are the encoder input, the trained ones (response) the
+    decoder's labels; the model shifts `labels` into decoder inputs itself; every non-IGNORE label counts."""
+
+    name = "seq2seq"
+
+    def prepare(self, example: dict) -> dict:
+        source = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE]
+        target = [label for label in example["labels"] if label != IGNORE]
+        if not source:
+            raise ConfigError("model.task='seq2seq' needs examples with a prompt and a response (data.format alpaca, "
+                              "prompt_completion or chat); this data trains on every token")
+        return {"input_ids": source, "attention_mask": [1] * len(source), "labels": target}
+
+    def collate(self, examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
+        from lorakit.train.data import collate
+
+        inputs = collate([{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in examples],
+                         pad_token_id)
+        width = max(len(e["labels"]) for e in examples)
+        inputs["labels"] = torch.tensor([list(e["labels"]) + [IGNORE] * (width - len(e["labels"])) for e in examples])
+        return inputs
+
+    def loss_units(self, example: Any) -> int:
+        return sum(1 for t in _tokens_of(example, "labels") if t != IGNORE)
+
+    def logits_and_targets(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"]).logits  # (b, target_len, V)
+        return logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1)
+
+
+class SequenceClassification(Task):
+    name = "seq-cls"
+    classification = True
+
+    def loss_units(self, example: Any) -> int:
+        return 1
+
+    def logits_and_targets(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (b, classes)
+        return logits, batch["label"]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (CausalLM(), Seq2Seq(), SequenceClassification())}
+
+
+def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 (the mean of per-class F1 over classes seen in labels or predictions)."""
+    predictions, labels = predictions.view(-1).long(), labels.view(-1).long()
+    accuracy = (predictions == labels).float().mean().item() if len(labels) else float("nan")
+    scores = []
+    for cls in torch.unique(torch.cat([predictions, labels])).tolist():
+        tp = ((predictions == cls) & (labels == cls)).sum().item()
+        fp = ((predictions == cls) & (labels != cls)).sum().item()
+        fn = ((predictions != cls) & (labels == cls)).sum().item()
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": accuracy, "f1": sum(scores) / len(scores) if scores else float("nan")}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, batches: Iterable[dict[str, torch.Tensor]],
+             autocast: Callable[[], Any]) -> dict[str, float]:
+    """Mean loss over the task's units (+ perplexity for LMs, accuracy / macro-F1 for classification)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, units = 0.0, 0
+    predictions, labels = [], []
+    try:
+        for batch in batches:
+            with autocast():
+                logits, targets = task.logits_and_targets(model, batch)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum").item()
+            units += int((targets != IGNORE).sum())
+            if task.classification:
+                predictions.append(logits.argmax(-1).cpu())
+                labels.append(targets.cpu())
+    finally:
+        model.train(was_training)
+    loss = loss_sum / max(units, 1)
+    metrics = {"loss": loss}
+    if task.classification:
+        metrics.update(classification_metrics(torch.cat(predictions), torch.cat(labels)))
+    else:
+        metrics["perplexity"] = math.exp(min(loss, 50.0))  # capped: exp of a diverged loss is just inf
+    return metrics

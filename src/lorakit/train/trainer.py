@@ -1,0 +1,306 @@
+"""The training loop: AdamW (+ LoRA+), warmup + decay, accumulation, clipping, bf16 autocast, evaluation, early
+stopping, best-adapter tracking, atomic checkpoints and exact resume, DDP / FSDP under torchrun.
+
+Each optimizer step takes a fixed set of examples (state.S.step_indices: a function of seed and step, so the step
+count is the data position). Its loss is the SUM of per-unit losses over those examples divided by their count
+of units (target tokens, or examples), so the gradient is the mean over the global batch however the batch is
+split into micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lorakit.adapters import add_adapter
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.io.checkpoint import save_adapter
+from lorakit.train import distributed as D
+from lorakit.train import report
+from lorakit.train import state as S
+from lorakit.train.config import TrainConfig
+from lorakit.train.data import build_datasets
+from lorakit.train.hooks import TrainHook
+from lorakit.train.loading import load_model, load_tokenizer, prepare_lora, resolve_config
+from lorakit.train.metrics import MetricsLogger, read_metrics, truncate_after
+from lorakit.train.optim import build_optimizer, build_scheduler
+from lorakit.train.tasks import TASKS, evaluate
+
+CONFIG_FILE = "train_config.yaml"
+
+
+class NonFiniteLossError(LorakitError):
+    """The loss (or the gradient norm) became NaN / Inf; the run stopped before the weights were updated."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    summary: dict[str, Any]
+    final_eval: dict[str, float] | None
+    is_main: bool = True  # False on the other processes of a distributed run
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> None:
+        self.hooks = list(hooks)
+        self.dist = D.init_distributed(cfg.training.device, cfg.training.distributed)
+        self.cfg = resolve_config(cfg)
+        t, self.task = self.cfg.training, TASKS[self.cfg.model.task]
+        self.out = Path(self.cfg.output.dir)
+        self._globals = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),  # restored at the end
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
+        torch.manual_seed(t.seed)
+        self.tokenizer = load_tokenizer(Path(self.cfg.model.path))
+        train_set, val_set, self.data_stats = build_datasets(self.cfg.data, self.tokenizer)
+        prepare = self.task.prepare
+        self.train_set, self.val_set = [prepare(e) for e in train_set], [prepare(e) for e in val_set]
+        labels = self.data_stats["labels"]
+        if labels and self.cfg.data.labels is None:
+            self.cfg.data.labels = list(labels)  # recorded in train_config.yaml: merge / eval rebuild the head
+        base = load_model(self.cfg.model, Path(self.cfg.model.path), labels, self.tokenizer.pad_token_id,
+                          self.dist.device)
+        self.cfg.lora = prepare_lora(self.cfg, base)
+        self.raw = add_adapter(base, self.cfg.lora, self.cfg.output.adapter_name)
+        self.raw.to(self.dist.device).train()
+        self.model = D.wrap_model(self.raw, self.dist)
+        self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
+        self.steps_per_epoch = len(self.train_set) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the training set has {len(self.train_set)} examples, fewer than one global batch of "
+                f"{self.global_batch} (training.batch_size x grad_accum x processes); lower training.batch_size"
+            )
+        if self.dist.active and self.dist.mode == "fsdp" and (t.save_every or resume):
+            raise ConfigError("training.distributed=fsdp does not write resumable checkpoints yet (the optimizer "
+                              "state is sharded); use distributed=ddp with save_every / --resume")
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.raw, t)
+        self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
+        self.progress = S.Progress()
+        self.last_eval: dict[str, float] | None = None
+        self._prepare_output(resume)
+        torch.manual_seed(t.seed + self.dist.rank)  # dropout streams differ per process, rank 0 = one process
+        self._resume(resume)
+        self.metrics = MetricsLogger(self.out, self.dist.is_main, self.cfg.output.tensorboard,
+                                     self.cfg.output.mlflow, self.cfg.to_dict())
+
+    # -- set-up helpers -----------------------------------------------------------------------------------------
+    def _prepare_output(self, resume: bool | str | None) -> None:
+        previous = (self.out / CONFIG_FILE).exists() or (self.out / S.CHECKPOINTS).exists()
+        if previous and not resume and not self.cfg.output.overwrite:
+            raise ConfigError(
+                f"output.dir={str(self.out)!r} already holds a training run; pass --resume to continue it, "
+                "output.overwrite=true to start over, or choose another output.dir"
+            )
+        D.barrier(self.dist)  # every process looked before rank 0 writes
+        if not self.dist.is_main:
+            return
+        if previous and not resume:
+            for name in (S.CHECKPOINTS, "best", "metrics.jsonl", "tensorboard"):
+                target = self.out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        S.clean_partial(self.out / S.CHECKPOINTS)
+        (self.out / CONFIG_FILE).write_text(self.cfg.to_yaml(), encoding="utf-8")
+
+    def _resume(self, resume: bool | str | None) -> None:
+        if not resume:
+            return
+        path = Path(resume) if isinstance(resume, str) else S.latest_checkpoint(self.out / S.CHECKPOINTS)
+        if path is None:
+            self._say(f"no checkpoint in {self.out / S.CHECKPOINTS}; starting from step 0")
+            return
+        ckpt = S.read_checkpoint(path)
+        S.check_same_run(ckpt.state.get("config", ""), self.cfg.to_dict(), path)
+        S.load_trainable(self.raw, ckpt.tensors, path)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        self.scheduler.lr_lambdas[0].total = self.total_steps  # max_steps / epochs may grow on resume
+        for hook, state in zip(self.hooks, ckpt.state.get("hooks", []), strict=False):
+            hook.load_state_dict(state)
+        self.progress = ckpt.progress
+        rng = ckpt.state["rng"]
+        S.restore_rng(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
+        if self.dist.is_main:
+            truncate_after(self.out / "metrics.jsonl", self.progress.step)
+        self._say(f"resumed from {path} (step {self.progress.step} of {self.total_steps})")
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(f"lorakit train: {message}")
+
+    def _autocast(self):
+        mp, device = self.cfg.training.mixed_precision, self.dist.device
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if mp == "bf16" or (mp == "auto" and bf16_ok):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _batch(self, examples: list) -> dict[str, torch.Tensor]:
+        batch = self.task.collate(examples, self.tokenizer.pad_token_id)
+        return {k: v.to(self.dist.device) for k, v in batch.items()}
+
+    # -- one optimizer step -------------------------------------------------------------------------------------
+    def _step(self, step: int) -> tuple[float, int, float | None]:
+        t, world, rank = self.cfg.training, self.dist.world_size, self.dist.rank
+        indices = S.step_indices(step, len(self.train_set), self.global_batch, t.seed)
+        units = max(1, sum(self.task.loss_units(self.train_set[i]) for i in indices))  # the same on every rank
+        loss_sum, extra_sum, tokens = 0.0, 0.0, 0
+        for m in range(t.grad_accum):
+            start = (m * world + rank) * t.batch_size
+            batch = self._batch([self.train_set[i] for i in indices[start:start + t.batch_size]])
+            with D.no_sync(self.model, m == t.grad_accum - 1):
+                with self._autocast():
+                    micro_sum = self.task.loss_sum(self.model, batch)
+                loss = micro_sum * (world / units)  # DDP averages gradients over processes: undo the 1/world
+                for hook in self.hooks:
+                    extra = hook.extra_loss(self.raw, step)
+                    if extra is not None:
+                        loss = loss + extra / t.grad_accum
+                        extra_sum += extra.item() / t.grad_accum
+                loss.backward()
+            loss_sum += micro_sum.item()
+            tokens += int(batch["attention_mask"].sum())
+        loss_sum, extra_sum, tokens = D.sum_across([loss_sum, extra_sum, tokens], self.dist)
+        mean_loss = loss_sum / units
+        if not math.isfinite(mean_loss + extra_sum):
+            self._non_finite(step, "loss", mean_loss + extra_sum / world)
+        for hook in self.hooks:
+            hook.on_backward_end(self.raw, step)
+        grad_norm = None
+        if t.max_grad_norm is not None:
+            params = [p for p in self.raw.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            if not math.isfinite(grad_norm):
+                self._non_finite(step, "gradient norm", grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for hook in self.hooks:
+            hook.on_step_end(self.raw, step)
+        return mean_loss, int(tokens), grad_norm
+
+    def _non_finite(self, step: int, what: str, value: float) -> None:
+        last = S.latest_checkpoint(self.out / S.CHECKPOINTS)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written (see training.save_every)"
+        raise NonFiniteLossError(
+            f"training stopped at step {step + 1}: the {what} is {value} (not finite); the weights were not updated "
+            f"with it and nothing was saved after it; {kept}. Lower training.lr, keep training.max_grad_norm set, "
+            "or check the data; then rerun (with --resume to continue from the checkpoint)"
+        )
+
+    # -- evaluation, best adapter, checkpoints ------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float] | None:
+        if not self.val_set:
+            return None
+        size = self.cfg.training.eval_batch_size or 2 * self.cfg.training.batch_size
+        batches = (self._batch(self.val_set[i:i + size]) for i in range(0, len(self.val_set), size))
+        model = self.model if self.dist.mode == "fsdp" else self.raw  # FSDP must run its forward on every rank
+        return evaluate(model, self.task, batches, self._autocast)
+
+    def _after_eval(self, metrics: dict[str, float]) -> None:
+        p, t = self.progress, self.cfg.training
+        p.last_eval_step, self.last_eval = p.step, metrics
+        self.metrics.log(p.step, "eval", metrics)
+        name = self.metric_name
+        value = metrics[name]
+        better = p.best_metric is None or (value < p.best_metric if name == "loss" else value > p.best_metric)
+        if better:
+            p.best_metric, p.best_step, p.bad_evals = value, p.step, 0
+            if self.cfg.output.save_best:
+                self._save_adapter(self.out / "best")
+        else:
+            p.bad_evals += 1
+            if t.early_stopping_patience and p.bad_evals >= t.early_stopping_patience:
+                p.stopped_early = True
+                self._say(f"early stopping at step {p.step}: no better eval {name} for {p.bad_evals} evaluations")
+
+    @property
+    def metric_name(self) -> str:
+        metric = self.cfg.training.metric
+        return ("accuracy" if self.task.classification else "loss") if metric == "auto" else metric
+
+    def _save_adapter(self, directory: Path, atomic: bool = True) -> None:
+        with D.gathered_state(self.raw, self.dist):  # FSDP: every rank helps gather, rank 0 writes
+            if not self.dist.is_main:
+                return
+            if not atomic:  # the output dir itself: save_adapter replaces its two files atomically
+                save_adapter(self.raw, directory, self.cfg.output.adapter_name)
+                return
+            with S.atomic_directory(directory) as tmp:
+                save_adapter(self.raw, tmp, self.cfg.output.adapter_name)
+
+    def _checkpoint(self) -> None:
+        rng = D.gather_objects(S.capture_rng(), self.dist)
+        if self.dist.is_main:
+            S.save_checkpoint(self.out / S.CHECKPOINTS, self.raw, self.optimizer, self.scheduler, self.progress,
+                            self.hooks, rng, self.cfg.to_yaml(), self.cfg.output.adapter_name,
+                            self.cfg.training.keep_checkpoints)
+        D.barrier(self.dist)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        t, p = self.cfg.training, self.progress
+        if t.metric in ("accuracy", "f1") and not self.task.classification:
+            raise ConfigError(f"training.metric={t.metric!r} needs a seq-cls task; use loss or auto")
+        started, first_step = time.perf_counter(), p.step
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and t.progress))
+        try:
+            while p.step < self.total_steps and not p.stopped_early:
+                tick = time.perf_counter()
+                loss, tokens, grad_norm = self._step(p.step)
+                p.step += 1
+                p.tokens += tokens
+                seconds = time.perf_counter() - tick
+                lr = self.scheduler.get_last_lr()[0]
+                if p.step % t.log_every == 0 or p.step == self.total_steps:
+                    self.metrics.log(p.step, "train", {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                                       "tokens_per_s": tokens / max(seconds, 1e-9),
+                                                       "epoch": (p.step - 1) // self.steps_per_epoch})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}")
+                bar.update(1)
+                eval_due = p.step % t.eval_every == 0 if t.eval_every else p.step % self.steps_per_epoch == 0
+                if eval_due and self.val_set:
+                    self._after_eval(self.evaluate())
+                if t.save_every and (p.step % t.save_every == 0 or p.stopped_early):
+                    p.elapsed_s += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self._checkpoint()
+            if self.val_set and (p.last_eval_step != p.step or self.last_eval is None):
+                self._after_eval(self.evaluate())
+            final_eval = self.last_eval
+            p.elapsed_s += time.perf_counter() - started
+            self._save_adapter(self.out, atomic=False)
+            summary = report.build_summary(self, final_eval, p.step - first_step)
+            if self.dist.is_main:
+                report.write_summary(self.out, summary, read_metrics(self.out / "metrics.jsonl"), self.cfg.output.plot)
+            return TrainResult(self.out, summary, final_eval, self.dist.is_main)
+        finally:
+            bar.close()
+            self.metrics.close()
+            torch.set_num_threads(self._globals[0])
+            torch.use_deterministic_algorithms(self._globals[1], warn_only=self._globals[2])
+
+
+def train(cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> TrainResult:
+    """Run one training job (also under torchrun: every process calls this)."""
+    trainer = Trainer(cfg, hooks, resume)
+    try:
+        return trainer.train()
+    finally:
+        D.shutdown(trainer.dist)
