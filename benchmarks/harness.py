@@ -1,7 +1,7 @@
 """Interleaved timing, min/median statistics, peak memory from a subprocess, and the RESULTS.md writer.
 
 Timings on shared machines are noisy, so every comparison runs its contenders in one process, interleaved
-(A, B, C, B, C, A, ...: the order rotates each round so no one always runs first after a cold cache), and
+(A B C, B C A, C A B, ...: the order rotates each round so no one always runs first after a cold cache), and
 reports the ratio of the minima and the ratio of the medians. With `clock="cpu"` each call is timed by the
 process's CPU time instead of the wall clock: on a loaded machine it leaves out the time the process waits
 for a core (with one thread it is the wall time of an idle machine).
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK_WORDS = {"wall": "wall time", "cpu": "this process's CPU time (leaves out waiting for a core)"}
+MODE_WORDS = {True: "quick (CI smoke test: tiny model, few rounds; the numbers mean nothing)", False: "full"}
 
 
 @dataclass
@@ -33,7 +35,6 @@ class Settings:
     quick: bool = False
     rounds: int = 10
     clock: str = "wall"
-    threads: int | None = None  # None: torch's default
 
 
 @dataclass
@@ -235,8 +236,7 @@ class Report:
             f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"bf16 {'supported' if bf16_supported() else 'not supported'}",
             f"- load average (1, 5, 15 min): before {fmt_load(self.load_before)}, after {fmt_load(load_after)}",
-            f"- clock: {self.settings.clock} ({'process CPU time' if self.settings.clock == 'cpu' else 'wall'}), "
-            f"mode: {'quick (CI smoke test: tiny model, few rounds; numbers mean nothing)' if self.settings.quick else 'full'}",
+            f"- clock: {CLOCK_WORDS[self.settings.clock]}; mode: {MODE_WORDS[self.settings.quick]}",
             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
             f"- run time: {self.seconds:.0f} s",
             "",

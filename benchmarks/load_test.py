@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
 import statistics
 import sys
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running server (default: start one in-process on 127.0.0.1)")
     parser.add_argument("--api-key", default="load-test-key")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
             url, names, server = args.url.rstrip("/"), [str(a) for a in args.adapters], None
@@ -196,13 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     p = lambda q: 1e3 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
     print(f"command: python benchmarks/load_test.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"{args.clients} clients, {len(names)} adapters ({args.max_resident} resident), {elapsed:.1f} s, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+          "after (a shared machine: wall-clock numbers)")
     print(f"requests ok: {len(lat)}, errors: {len(stats.errors)}, management calls ok: {stats.management}")
     print(f"throughput: {len(lat) / elapsed:.1f} requests/s, {stats.tokens / elapsed:.1f} generated tokens/s")
     if lat:
         print(f"latency: p50 {p(0.50):.0f} ms, p90 {p(0.90):.0f} ms, p99 {p(0.99):.0f} ms, max {1e3 * lat[-1]:.0f} "
               f"ms, mean {1e3 * statistics.mean(lat):.0f} ms")
-    print(f"batches: {batches:.0f}, mean rows per batch {batch_sum / max(batches, 1):.2f}; adapter loads "
+    print(f"forward passes: {batches:.0f}, mean rows per forward {batch_sum / max(batches, 1):.2f}; adapter loads "
           f"(requests + churn): {loads:.0f}, mean load (read + swap) {1e3 * swap_sum / max(swaps, 1):.1f} ms")
     for error in stats.errors[:10]:
         print("error:", error)

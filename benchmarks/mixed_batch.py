@@ -143,6 +143,52 @@ def swap(base, folder: Path, ids, rounds: int) -> dict[str, float]:
     return {"read": min(reads), "swap": min(swaps[1:] or swaps), "first swap": swaps[0]}
 
 
+def kernels(rounds: int, clock: str) -> list[str]:
+    """One layer (512 -> 1376, r=16, 8 rows with 8 distinct adapters): the ways to compute the mixed update."""
+    torch.manual_seed(0)
+    n, d_in, d_out, r = 8, 512, 1376, 16
+    weight = torch.randn(d_out, d_in) / 20
+    a_bank, b_bank = torch.randn(n + 1, r, d_in) / 20, torch.randn(n + 1, d_out, r) / 20  # slot 0: no adapter
+    slots = torch.arange(1, n + 1)
+    a_rows, b_rows = a_bank[slots], b_bank[slots]  # stacked once per plan (lorakit)
+
+    def base(x):
+        return torch.nn.functional.linear(x, weight)
+
+    def stacked(x):  # lorakit: rows' weights stacked once, two batched matmuls per forward
+        return base(x).baddbmm_(torch.bmm(x, a_rows.transpose(1, 2)), b_rows.transpose(1, 2))
+
+    def gathered(x):  # the same, gathering the rows' weights from the bank at every forward
+        a, b = a_bank.index_select(0, slots), b_bank.index_select(0, slots)
+        return base(x).baddbmm_(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+
+    def grouped(x):  # PEFT's way: one sub-batch (index, two matmuls, scatter-add) per adapter
+        y = base(x)
+        for slot in slots.tolist():
+            idx = (slots == slot).nonzero().flatten()
+            y.index_add_(0, idx, (x.index_select(0, idx) @ a_bank[slot].T) @ b_bank[slot].T)
+        return y
+
+    def single(x):  # one adapter for all rows: the plain LoRA forward
+        y = base(x)
+        y.view(-1, d_out).addmm_(x.reshape(-1, d_in) @ a_bank[1].T, b_bank[1].T)
+        return y
+
+    lines = ["| tokens per row | base | one adapter (plain) | stacked once (lorakit) | gathered per forward | "
+             "one group per adapter (PEFT-like) |", "|---|---|---|---|---|---|"]
+    for tokens, repeat in ((128, 3), (1, 200)):
+        x = torch.randn(n, tokens, d_in)
+        fns = {name: (lambda f=f, x=x, repeat=repeat: [f(x) for _ in range(repeat)])
+               for name, f in (("base", base), ("single", single), ("stacked", stacked), ("gathered", gathered),
+                               ("grouped", grouped))}
+        samples = interleave(fns, rounds, clock)
+        ref = samples.min("base")
+        cells = [f"{1e6 * ref / repeat:.0f} us"] + [f"{100 * (samples.min(k) / ref - 1):+.1f}%" for k in
+                                                     ("single", "stacked", "gathered", "grouped")]
+        lines.append(f"| {tokens} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(samples, reference: str, names: list[str]) -> list[str]:
     lines = ["| contender | min ms | median ms | vs base (min) | vs base (median) |", "|---|---|---|---|---|"]
     ref_min, ref_med = samples.min(reference), samples.median(reference)
@@ -193,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     out += ["", f"adapter cache (r={args.rank}, all linear): read from disk {1e3 * swaps['read']:.1f} ms, swap into a "
                 f"slot {1e3 * swaps['swap']:.2f} ms (first, allocating banks: {1e3 * swaps['first swap']:.1f} ms) "
                 f"= {swaps['swap'] / forward:.4f} of one base prefill forward ({1e3 * forward:.0f} ms)"]
+    out += ["", "one layer, the ways to compute the mixed update (min over rounds, vs the base matmul):"]
+    out += kernels(args.rounds, args.clock)
     spread = [pre.median(f"lorakit k={k}") for k in DISTINCT]
     out.append(f"lorakit median across k: {1e3 * min(spread):.1f}-{1e3 * max(spread):.1f} ms "
                f"(spread {100 * (max(spread) / min(spread) - 1):.1f}%; {statistics.median(spread) * 1e3:.1f} ms)")

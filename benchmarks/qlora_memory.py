@@ -7,8 +7,9 @@ Every variant runs in its own process (peak RSS is per process) on the same rand
 drawn from a generator seeded by its name, so all variants hold identical weights. The model is created on the
 meta device and materialized tensor by tensor; QLoRA quantizes each linear weight right after drawing it, so no
 variant ever holds more than its own model. Peak RSS is read with getrusage(ru_maxrss) twice: over set-up (model
-creation, quantization, adapters) and over the training steps alone (the kernel's peak counter is reset through
-/proc/self/clear_refs before the first step). A step is AdamW on a causal-LM loss, batch x seq tokens.
+creation, quantization, adapters) and over the training steps alone (freed set-up memory is handed back with
+malloc_trim, then the kernel's peak counter is reset through /proc/self/clear_refs before the first step). A step
+is AdamW on a causal-LM loss, batch x seq tokens. Step times are wall clock on whatever machine runs this.
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ MiB = 1024 * 1024
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def release_free_memory() -> None:
+    """Hand memory freed during set-up back to the OS (glibc keeps freed heap chunks resident otherwise; QLoRA
+    frees every fp32 weight it quantizes), so the step's peak counts what the step holds, not set-up garbage."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def reset_peak() -> bool:
@@ -77,7 +90,22 @@ def build_model(args, quantization: str | None):
     return model
 
 
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def weight_bytes(model) -> int:
+    """Bytes of every parameter and buffer, plus the quantization statistics of packed layers."""
+    from lorakit.quantize import quantized_bytes, quantized_layers
+
+    packed = {id(layer.weight) for _, layer in quantized_layers(model)}
+    plain = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if id(t) not in packed)
+    return plain + quantized_bytes(model)[0]
+
+
 def child(args) -> dict:
+    import bitsandbytes  # noqa: F401  every variant pays its import (~116 MiB: it loads torch's compiler stack)
     import torch
 
     import lorakit
@@ -86,7 +114,7 @@ def child(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     quantization, use_lora, checkpointing = VARIANTS[args.child]
-    base_rss = peak_rss_mib()
+    base_rss = current_rss_mib()
     model = build_model(args, quantization)
     if use_lora:
         config = lorakit.LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules="all-linear")
@@ -100,6 +128,7 @@ def child(args) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
     setup_rss = peak_rss_mib()
+    release_free_memory()
     reset = reset_peak()
     times, losses = [], []
     for _ in range(args.steps):
@@ -112,6 +141,7 @@ def child(args) -> dict:
         losses.append(loss.item())
     return {
         "variant": args.child, "trainable": trainable, "total": total, "import_rss_mib": base_rss,
+        "weights_mib": weight_bytes(model) / MiB,
         "setup_peak_mib": setup_rss, "step_peak_mib": peak_rss_mib() if reset else None,
         "quantized_bytes": nbytes, "quantized_params": nparams, "step_s": min(times), "losses": losses,
     }
@@ -181,16 +211,17 @@ def _bnb_version() -> str:
 
 def _print_table(results: list[dict]) -> None:
     full = next(r for r in results if r["variant"] == "full fine-tuning")
-    print(f"\n{'variant':<30} {'trainable':>11} {'set-up peak':>12} {'step peak':>10} {'vs full':>8} {'step s':>7}")
+    print(f"\n{'variant':<30} {'trainable':>11} {'weights':>9} {'set-up peak':>12} {'step peak':>10} {'vs full':>8} "
+          f"{'step s':>7}")
     for row in results:
         peak = row["step_peak_mib"]
         ratio = f"{peak / full['step_peak_mib']:.2f}x" if peak and full["step_peak_mib"] else "-"
         peak_text = f"{peak:.0f} MiB" if peak else "n/a"
-        print(f"{row['variant']:<30} {row['trainable']:>11,} {row['setup_peak_mib']:>8.0f} MiB {peak_text:>10} "
-              f"{ratio:>8} {row['step_s']:>7.2f}")
-    print(f"\nall variants: {full['total']:,} parameters; RSS after imports ~{full['import_rss_mib']:.0f} MiB "
-          "(torch + transformers), included in every peak")
-
+        weights, setup = f"{row['weights_mib']:.0f} MiB", f"{row['setup_peak_mib']:.0f} MiB"
+        print(f"{row['variant']:<30} {row['trainable']:>11,} {weights:>9} {setup:>12} {peak_text:>10} {ratio:>8} "
+              f"{row['step_s']:>7.2f}")
+    print(f"\nall variants: {full['total']:,} parameters. weights: parameters, buffers and quantization statistics. "
+          f"RSS after imports (torch, transformers, bitsandbytes) ~{full['import_rss_mib']:.0f} MiB, in every peak.")
 
 if __name__ == "__main__":
     main()

@@ -54,16 +54,20 @@ def mean_pool_classifier(encoder, num_labels: int):
     return MeanPoolClassifier()
 
 
-def accuracy(model, ids, mask, y, batch: int = 128) -> float:
+def evaluate(model, ids, mask, y, batch: int = 128) -> tuple[float, float]:
+    """(accuracy in %, mean cross-entropy) on the test set."""
     import torch
+    import torch.nn.functional as F
 
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(y), batch):
             sl = slice(start, start + batch)
-            correct += (model(ids[sl], mask[sl]).argmax(-1) == y[sl]).sum().item()
-    return 100.0 * correct / len(y)
+            logits = model(ids[sl], mask[sl])
+            correct += (logits.argmax(-1) == y[sl]).sum().item()
+            loss += F.cross_entropy(logits, y[sl], reduction="sum").item()
+    return 100.0 * correct / len(y), loss / len(y)
 
 
 def run_variant(args) -> dict:
@@ -104,8 +108,9 @@ def run_variant(args) -> dict:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-    result = {"variant": args.variant, "accuracy": accuracy(model, *test), "train_s": time.perf_counter() - start,
-              "last_loss": loss.item(), "trainable": lorakit.count_parameters(model)[0]}
+    acc, test_loss = evaluate(model, *test)
+    result = {"variant": args.variant, "accuracy": acc, "test_loss": test_loss, "train_s": time.perf_counter() - start,
+              "trainable": lorakit.count_parameters(model)[0]}
     if args.variant != "lora":
         result.update(cross_base_and_merge(args, model, path, len(labels), test))
     return result
@@ -124,13 +129,12 @@ def cross_base_and_merge(args, model, path: str, num_labels: int, test) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         lorakit.save_adapter(model, tmp)
         full = lorakit.load_adapter(mean_pool_classifier(AutoModel.from_pretrained(path), num_labels), tmp)
-    result = {"accuracy_on_full_precision_base": accuracy(full, *test)}
+    result = {"on_full_precision_base": evaluate(full, *test)}
     probes = {"input_ids": test[0][:128], "attention_mask": test[1][:128]}
     for mode in ("requantize", "dequantize"):  # requantize first: dequantize replaces the quantized layers
-        target = model if mode == "dequantize" else copy.deepcopy(model)
-        _, report = merge_with_report(target, probes, mode=mode, verbose=False)
-        print(f"[{args.variant}] {report.table()}", file=sys.stderr)
-        result[f"merge_{mode}"] = {"max": report.max_abs_diff, "mean": report.mean_abs_diff, "kl": report.kl_mean}
+        merged, report = merge_with_report(model if mode == "dequantize" else copy.deepcopy(model), probes,
+                                           mode=mode, verbose=False)
+        result[f"merge_{mode}"] = {"report": report.table(), "test": evaluate(merged, *test)}
     return result
 
 
@@ -161,14 +165,19 @@ def main() -> None:
         outputs = [subprocess.run(c, stdout=subprocess.PIPE, text=True, check=True).stdout for c in commands]
     results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     base = results[0]["accuracy"]
-    print(f"\ndemo task, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}: test accuracy (500 examples)")
-    print(f"{'variant':<10} {'accuracy':>9} {'vs LoRA':>8} {'adapter on fp32 base':>21} {'train time':>11}")
+    print(f"\ndemo task, all-MiniLM-L6-v2, {args.epochs} epochs, seed {args.seed}: test set (500 examples)")
+    print(f"{'variant':<8} {'accuracy':>9} {'vs LoRA':>8} {'test loss':>10} {'train time':>11}")
     for row in results:
-        cross = row.get("accuracy_on_full_precision_base")
-        cross_text = f"{cross:.1f}%" if cross is not None else "-"
-        print(f"{row['variant']:<10} {row['accuracy']:>8.1f}% {row['accuracy'] - base:>+7.1f} {cross_text:>21} "
+        print(f"{row['variant']:<8} {row['accuracy']:>8.1f}% {row['accuracy'] - base:>+8.1f} {row['test_loss']:>10.4f} "
               f"{row['train_s']:>10.0f}s")
-
+    for row in results[1:]:
+        acc, loss = row["on_full_precision_base"]
+        print(f"\n{row['variant']} adapter on the full-precision base: accuracy {acc:.1f}%, test loss {loss:.4f}")
+        for mode in ("dequantize", "requantize"):
+            merged = row[f"merge_{mode}"]
+            acc, loss = merged["test"]
+            print(f"merged ({mode}): accuracy {acc:.1f}%, test loss {loss:.4f}")
+            print(merged["report"])
 
 if __name__ == "__main__":
     main()

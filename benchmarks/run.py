@@ -25,6 +25,19 @@ import torch
 from benchmarks.harness import Report, Row, Settings
 
 ROWS = ("forward", "mixed", "train", "dora", "dropout", "swap", "memory")  # benchmarks/rows/<name>.py, in order
+NOTES = [
+    "Forward bound: LoRA's extra multiply-adds r(in+out) per token and adapted layer, over the whole model's "
+    "(attention and the output head included), for the two low-rank products. With many tokens per call "
+    "lorakit instead builds W + s B A for the call (out*in*r multiply-adds, W untouched; "
+    "src/lorakit/layers/fast_linear.py), which is how it can land below that bound.",
+    "Training speed-up bound: full fine-tuning runs every weight matmul 3 times (forward, input grad, weight "
+    "grad); LoRA skips the frozen weights' gradients and the first block's input gradients, and adds its "
+    "low-rank products 3 times. The throughput row's bound is PEFT's step over the floor's: the frozen model "
+    "doing only the forward and backward work every LoRA step needs, with no adapter at all.",
+    "Memory rows: one fresh process per variant, two training steps; training memory is the peak resident "
+    "size during the steps above the size just before them (activations, gradients, optimizer state).",
+    "met: 'yes' when both the min and the median meet the target, 'min only' when only the min does.",
+]
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -49,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads or args.quick:  # tiny models gain nothing from threads, and lose a lot on a busy machine
         torch.set_num_threads(args.threads or 1)
-    settings = Settings(quick=args.quick, rounds=args.rounds or (3 if args.quick else 10), clock=args.clock,
-                        threads=args.threads)
+    settings = Settings(quick=args.quick, rounds=args.rounds or (3 if args.quick else 10), clock=args.clock)
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = Report(command=command.strip(), settings=settings, load_before=os.getloadavg())
+    report = Report(command=command.strip(), settings=settings, load_before=os.getloadavg(), notes=list(NOTES))
     started, failed = time.perf_counter(), False
     for name in args.rows.split(","):
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
@@ -62,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken row must not hide the others; the run still fails
             traceback.print_exc()
             failed = True
-            rows = [Row(name, "-", None, None, "-", "-", "FAILED", note=f"{type(exc).__name__}: {str(exc)[:300]}")]
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]  # one line: it goes in a table cell
+            rows = [Row(name, "-", None, None, "-", "-", "FAILED", note=message)]
         report.rows += rows
         print(f"[benchmarks] {name}: {time.perf_counter() - row_started:.0f} s", file=sys.stderr, flush=True)
     report.seconds = time.perf_counter() - started

@@ -7,7 +7,14 @@ depend on lorakit itself).
 
 The probe is given every advantage: mean-pooled and CLS embeddings are both tried (standardized, a
 logistic-regression head trained to convergence, weight decay picked on the test set) and the best test
-accuracy is reported. The fine-tune gets one fixed recipe and no tuning on the test set.
+accuracy is reported. The fine-tune gets one fixed recipe and no tuning on the test set: LoRA r=8, alpha=16
+on every query/value Linear, a new Linear head on the mean-pooled states, AdamW (weight decay 0.01) with
+lr 1e-3 for LoRA and 1e-2 for the head, linearly decayed to 0, batch 32, 4 epochs, max_len 32.
+
+Why the head learns faster: the label is an interaction (which noun is the doer depends on the construction),
+which the frozen features expose only weakly, so the head and the adapters must find it together; with the head
+at lr 1e-3 some seeds sit on the chance-level plateau for over 150 steps, with 1e-2 they leave it in the first
+one or two epochs.
 """
 
 from __future__ import annotations
@@ -165,13 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-file", type=Path, default=DATA_DIR / "demo_train.jsonl")
     parser.add_argument("--test-file", type=Path, default=DATA_DIR / "demo_test.jsonl")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-len", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--head-lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-finetune", action="store_true")

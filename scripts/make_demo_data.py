@@ -74,7 +74,7 @@ def noun(word: str, rng: random.Random) -> str:
     return f"{adjective} {word}" if adjective else word
 
 
-def make_example(person: str, animal: str, label: str, rng: random.Random, aside_prob: float = 0.5) -> dict:
+def make_example(person: str, animal: str, label: str, rng: random.Random, aside_prob: float = 0.3) -> dict:
     doer, target = (person, animal) if label == "person" else (animal, person)
     base, past, pp = rng.choice(VERBS)
     text = rng.choice(CONSTRUCTIONS).format(
@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=2000, help="number of training examples")
     parser.add_argument("--test", type=int, default=500, help="number of test examples")
-    parser.add_argument("--aside-prob", type=float, default=0.5, help="chance of a clause about a third noun")
+    parser.add_argument("--aside-prob", type=float, default=0.3, help="chance of a clause about a third noun")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 # Set up and run the whole test suite (lint first). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-env.sh "test,demo"
+bash scripts/setup-env.sh test
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 ruff check .

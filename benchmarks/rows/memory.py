@@ -1,8 +1,8 @@
 """Peak training memory, one fresh process per variant (a process's peak RSS never goes back down).
 
 As a worker, `python -m benchmarks.rows.memory VARIANT [--quick]` builds one model, takes two training steps
-and prints {"before_mb", "peak_mb", "training_mb"} as JSON: training_mb is the peak above the resident size
-just before the first step (activations, gradients, optimizer state), the part a LoRA library decides.
+and prints {"before_mb", "peak_mb", "training_mb"} as JSON: training_mb is the peak during the steps above the
+resident size just before them (activations, gradients, optimizer state), the part a LoRA library decides.
 As a row: LoRA training memory, lorakit / PEFT, with dropout off and at 0.05.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 
-from benchmarks.harness import Row, Settings, peak_rss_mb, run_in_subprocess
+from benchmarks.harness import PeakMemory, Row, Settings, run_in_subprocesses
 
 VARIANTS = {  # name -> (library, lora settings)
     "lorakit-lora": ("lorakit", {}),
@@ -26,13 +25,13 @@ VARIANTS = {  # name -> (library, lora settings)
 }
 
 
-def measure(variant: str, quick: bool) -> dict:
-    """Peak memory of `variant`, measured in a fresh interpreter."""
-    return run_in_subprocess("benchmarks.rows.memory", variant, *(["--quick"] if quick else []))
+def measure(variants: list[str], quick: bool) -> list[dict]:
+    """Peak memory of each variant, each in its own fresh interpreter (run side by side)."""
+    return run_in_subprocesses("benchmarks.rows.memory", [[v, *(["--quick"] if quick else [])] for v in variants])
 
 
 def training_ratio(num: str, den: str, quick: bool) -> tuple[tuple[float, float], str]:
-    a, b = measure(num, quick), measure(den, quick)
+    a, b = measure([num, den], quick)
     ratio = a["training_mb"] / b["training_mb"]
     note = (f"training memory {a['training_mb']:.0f} / {b['training_mb']:.0f} MiB "
             f"(process peak {a['peak_mb']:.0f} / {b['peak_mb']:.0f} MiB)")
@@ -58,11 +57,6 @@ def run(settings: Settings) -> list[Row]:
 
 
 # -- the worker ----------------------------------------------------------------------------------------------
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _worker(variant: str, quick: bool) -> dict:
     import torch
 
@@ -84,12 +78,13 @@ def _worker(variant: str, quick: bool) -> dict:
     ids = models.token_ids(spec, batch, seq)
     step = train_step(model, ids)
     gc.collect()
-    before = _resident_mb()
+    memory = PeakMemory()  # from here on
     torch.manual_seed(0)
     for _ in range(2):
         step()
-    peak = peak_rss_mb()
-    return {"variant": variant, "before_mb": before, "peak_mb": peak, "training_mb": peak - before}
+    peak = memory.peak_mb()
+    return {"variant": variant, "before_mb": memory.start_mb, "peak_mb": peak, "training_mb": peak - memory.start_mb,
+            "exact_peak": memory.resettable}
 
 
 if __name__ == "__main__":

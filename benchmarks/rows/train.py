@@ -46,7 +46,8 @@ def run(settings: Settings) -> list[Row]:
             judge(throughput, lambda v: v >= 1.15), unit="ratio", note=floor_note),
         Row(SPEEDUP, setup, lk_speedup, pf_speedup, f"{bound:.3f}x (FLOPs)", f">= {0.95 * bound:.3f}x (95%)",
             judge(lk_speedup, lambda v: v >= 0.95 * bound), unit="ratio",
-            note=f"lorakit at {100 * lk_speedup[0] / bound:.0f}% of the bound, PEFT at {100 * pf_speedup[0] / bound:.0f}%"),
+            note=f"lorakit at {100 * lk_speedup[0] / bound:.0f}% of the bound, "
+                 f"PEFT at {100 * pf_speedup[0] / bound:.0f}%"),
     ]
 
 

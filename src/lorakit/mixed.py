@@ -30,12 +30,12 @@ from torch import nn
 
 from lorakit.adapters import adapter_configs
 from lorakit.errors import AdapterError
-from lorakit.inject import lora_layers, trainable_copies
 from lorakit.io.keys import to_file_key
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.conv import LoraConv
 from lorakit.layers.embedding import LoraEmbedding
 from lorakit.layers.linear import LoraLinear
+from lorakit.layers.saved_module import TrainableCopy
 
 RowSpec = str | None | Sequence[tuple[str, float]] | dict[str, float]
 Entries = list[list[tuple[str, float]]]  # per row: (adapter name, weight) pairs
@@ -73,22 +73,24 @@ class MixedPlan:
     keeps them while it lives, within `row_cache_bytes`."""
 
     def __init__(self, entries: Entries, weights_for: WeightsFor, row_cache_bytes: int = ROW_CACHE_BYTES,
-                 trainable: Sequence[str] = ()) -> None:
+                 trainable: Callable[[], list[str]] | None = None) -> None:
         if not entries:
             raise AdapterError("mixed_adapters needs at least one row")
         self.entries = [list(row) for row in entries]
         self.rows = len(entries)
         self.uniform = all(row == self.entries[0] for row in self.entries)  # every row alike: one shared "row"
         self.used = any(self.entries)
-        self.weights_for, self.trainable = weights_for, list(trainable)
+        self.weights_for, self._trainable = weights_for, trainable  # names of adapters whose tensors need grads
         self._budget = row_cache_bytes
         self._cache: dict[int, RowWeights | None] = {}
 
     def apply(self, layer: LoraLayer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.trainable and torch.is_grad_enabled():
-            raise AdapterError(f"mixed-adapter batches are for inference and adapter {self.trainable[0]!r} is "
-                               "trainable: run under torch.no_grad() / torch.inference_mode(), or load it with "
-                               "trainable=False")
+        if self._trainable is not None and torch.is_grad_enabled():
+            trainable, self._trainable = self._trainable(), None  # checked once
+            if trainable:
+                raise AdapterError(f"mixed-adapter batches are for inference and adapter {trainable[0]!r} is "
+                                   "trainable: run under torch.no_grad() / torch.inference_mode(), or load it with "
+                                   "trainable=False")
         if x.shape[0] % self.rows:
             raise AdapterError(f"mixed_adapters was given {self.rows} row adapters but the batch has {x.shape[0]} "
                                "rows; pass one entry per row (generate's num_beams / num_return_sequences copies "
@@ -287,20 +289,26 @@ def mixed_adapters(model: nn.Module, row_adapters: Sequence[RowSpec],
     around `model(...)` and `model.generate(...)`; the model's active adapters are ignored inside. Inference only."""
     entries = parse_rows(row_adapters, list(adapter_configs(model)))
     names = list(dict.fromkeys(n for row in entries for n, _ in row))
-    layers = [layer for _, layer in lora_layers(model)]
-    _check_usable(model, layers, names)
-    params = list(model.named_parameters())
-    trainable = [n for n in names if any(p.requires_grad and to_file_key(k, n) for k, p in params)]
+    modules = list(model.named_modules())  # one walk over the model: entering stays cheap next to a forward
+    layers = [m for _, m in modules if isinstance(m, LoraLayer)]
+    _check_usable([(p, m) for p, m in modules if isinstance(m, TrainableCopy)], layers, names)
+
+    def trainable() -> list[str]:  # asked only if a forward runs with gradients enabled
+        keys = [f"{p}.{k}" if p else k for p, m in modules for k, t in m.named_parameters(recurse=False)
+                if t.requires_grad]
+        return [n for n in names if any(to_file_key(key, n) for key in keys)]
+
     with use_plan(layers, MixedPlan(entries, model_row_weights, row_cache_bytes, trainable)) as plan:
         yield plan
 
 
-def _check_usable(model: nn.Module, layers: Sequence[LoraLayer], names: Sequence[str]) -> None:
+def _check_usable(copies: Sequence[tuple[str, TrainableCopy]], layers: Sequence[LoraLayer],
+                  names: Sequence[str]) -> None:
     merged = next((layer.merged_adapters[0] for layer in layers if layer.merged_adapters), None)
     if merged is not None:
         raise AdapterError(f"adapter {merged!r} is merged into the base weights; unmerge_adapter(model) before "
                            "running a mixed-adapter batch")
-    for path, wrapper in trainable_copies(model):
+    for path, wrapper in copies:
         shared = [n for n in names if n in wrapper.adapter_names]
         if shared:
             raise AdapterError(f"adapter {shared[0]!r} has a modules_to_save copy of {path}, which cannot differ per "

@@ -154,7 +154,8 @@ def apply_quantization(model: nn.Module, config: QuantConfig) -> nn.Module:
             stacklevel=2,
         )
     if not done:
-        raise ConfigError(f"quantize_model found no nn.Linear layer to quantize (skip_modules={skip})")
+        why = f"; kept for the CPU kernel: {kept[:3]}" if kept else ""
+        raise ConfigError(f"quantize_model found no nn.Linear layer to quantize (skip_modules={skip}{why})")
     model.__dict__[QUANT_ATTR] = config
     return model
 

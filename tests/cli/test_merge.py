@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import lorakit
 from lorakit.cli.main import main
+from lorakit.train.config import ModelConfig
+from lorakit.train.loading import load_model
 from lorakit.train.tiny import make_tiny_model
 from lorakit.train.trainer import train
 from tests.train.runs import config_of, make_run
@@ -63,3 +66,18 @@ def test_merge_with_a_missing_directory_is_one_clear_line(tmp_path, capsys, miss
     assert main(["merge", str(base), str(tmp_path / "no-adapter"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+
+
+def test_merged_mean_pooling_classifier_is_an_encoder_plus_its_head(tmp_path):
+    run = train(config_of(make_run(tmp_path, "cls", model={"pooling": "mean"}), "training.max_steps=3",
+                          "training.lr=5e-2")).output_dir
+    assert main(["merge", str(tmp_path / "tiny-bert"), str(run), str(tmp_path / "merged")]) == 0
+    encoder = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    head = load_file(str(tmp_path / "merged" / "classifier.safetensors"))
+    ids = IDS % encoder.config.vocab_size
+    with torch.no_grad():
+        pooled = encoder(ids).last_hidden_state.mean(1)  # no padding: the mean over all tokens
+        logits = pooled @ head["weight"].T + head["bias"]
+        reference = load_model(ModelConfig(task="seq-cls", pooling="mean"), tmp_path / "tiny-bert", ["cat", "dog"])
+        lorakit.load_adapter(reference, run)
+        torch.testing.assert_close(logits, reference.eval()(ids).logits)

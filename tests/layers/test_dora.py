@@ -113,8 +113,10 @@ def test_gradients_match_dense_formula_with_detached_norm(kind) -> None:
     layer = make(kind)
     reference = copy.deepcopy(layer)
     x = inputs(kind)
-    layer(x).pow(2).sum().backward()
-    dense_forward(reference, x).pow(2).sum().backward()
+    out = layer(x)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))  # a fixed linear loss
+    (out * weights).sum().backward()
+    (dense_forward(reference, x) * weights).sum().backward()
     ours = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
     theirs = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
     assert len(ours) == 3 and ours.keys() == theirs.keys()  # A, B and the magnitude
@@ -129,8 +131,10 @@ def test_trainable_base_bias_gets_the_dense_gradient(kind) -> None:
     layer.base_layer.bias.requires_grad_(True)
     reference = copy.deepcopy(layer)
     x = inputs(kind)
-    layer(x).pow(2).sum().backward()
-    dense_forward(reference, x).pow(2).sum().backward()
+    out = layer(x)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * weights).sum().backward()
+    (dense_forward(reference, x) * weights).sum().backward()
     torch.testing.assert_close(layer.base_layer.bias.grad, reference.base_layer.bias.grad)
     torch.testing.assert_close(layer.lora_magnitude_vector["a"].weight.grad,
                                reference.lora_magnitude_vector["a"].weight.grad)

@@ -147,6 +147,16 @@ def test_merge_is_the_requantized_dense_merge() -> None:
     torch.testing.assert_close(layer(x), F.linear(x, expected))  # merged: the adapter is not added again
 
 
+def test_layers_with_nothing_to_merge_keep_their_packed_bytes() -> None:
+    model = lorakit.add_adapter(quantized_llama(), lora(target_modules=["q_proj"]), adapter_name="a")
+    lorakit.add_adapter(model, lora(target_modules=["v_proj"]), adapter_name="b")
+    q_proj = model.model.layers[0].self_attn.q_proj.base_layer
+    packed, absmax = q_proj.weight.detach().clone(), q_proj.weight.quant_state.absmax.clone()
+    lorakit.merge_adapter(model, ["b"])
+    lorakit.unmerge_adapter(model)
+    assert torch.equal(q_proj.weight, packed) and torch.equal(q_proj.weight.quant_state.absmax, absmax)
+
+
 def test_dora_merge_is_the_requantized_dora_weight() -> None:
     pytest.importorskip("lorakit.layers.dora")
     model = lorakit.add_adapter(quantized_llama(), lora(use_dora=True))

@@ -97,8 +97,11 @@ def test_quantization_without_the_quantize_module_is_a_clear_error(monkeypatch):
 def test_shipped_configs_parse_and_comment_every_setting(path):
     load_config(path)
     lines = path.read_text().splitlines()
-    settings = [line for line in lines if ":" in line and line.startswith("  ") and not line.strip().startswith("#")]
-    uncommented = [line for line in settings if "#" not in line]
+    uncommented = [  # a setting carries its comment at the end of its line or on the line above
+        line for i, line in enumerate(lines)
+        if line.startswith("  ") and ":" in line and not line.strip().startswith("#") and "#" not in line
+        and not (i and lines[i - 1].strip().startswith("#"))
+    ]
     assert not uncommented, f"settings without a comment in {path.name}: {uncommented}"
 
 

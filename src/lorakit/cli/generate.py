@@ -1,7 +1,8 @@
 """Generate text with a causal LM from a local directory, with or without a LoRA adapter.
 
 Greedy by default (--temperature 0); with a temperature, samples (seeded by --seed). --chat wraps the prompt
-in the tokenizer's chat template as a user message, --alpaca in the Alpaca template. Prints the generated continuation of each prompt.
+in the tokenizer's chat template as a user message, --alpaca in the Alpaca template. Prints the generated
+continuation of each prompt.
 
 examples:
   lorakit generate ./tiny-llama --prompt "the cat is"

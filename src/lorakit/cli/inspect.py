@@ -64,6 +64,13 @@ def layer_infos(config, tensors: dict[str, torch.Tensor]) -> list[LayerInfo]:
     return infos
 
 
+def _short(path: str, limit: int = 40) -> str:
+    """Drop leading path segments until the name fits a subplot title."""
+    while len(path) > limit and "." in path:
+        path = path.split(".", 1)[1]
+    return path
+
+
 def plot_spectra(infos: list[LayerInfo], path: Path, limit: int = 48) -> Path | None:
     try:
         import matplotlib
@@ -79,7 +86,7 @@ def plot_spectra(infos: list[LayerInfo], path: Path, limit: int = 48) -> Path | 
     for ax, info in zip(axes.flat, shown, strict=False):
         values = [max(v, 1e-12) for v in info.singular_values]
         ax.semilogy(range(1, len(values) + 1), values, "o-", ms=3)
-        ax.set_title(info.path[-40:], fontsize=7)
+        ax.set_title(_short(info.path), fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")

@@ -92,6 +92,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     Returns the directory written. A crash mid-save leaves the previous adapter files intact."""
     model = unwrap_model(model)
     config = get_config(model, adapter_name)
+    if config.peft_type == "ADALORA":  # PEFT's AdaLoRA format: pruned SVD triplets + rank_pattern
+        from lorakit.variants.adalora_io import save_adalora
+
+        return save_adalora(model, path, adapter_name)
     directory = Path(path) if adapter_name == "default" else Path(path) / adapter_name
     if directory.exists() and not directory.is_dir():
         raise AdapterFileError(f"cannot save adapter to {directory}: a file of that name exists")

@@ -78,12 +78,13 @@ def row_sq_norms(w: torch.Tensor) -> torch.Tensor:
 
 
 def lowrank_norm(w_sq: torch.Tensor, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """||W + s·B@A|| per row, (out,), from ||W||² (cached), W@Aᵀ (out, r) and A@Aᵀ (r, r): no (out, in) temporary."""
+    """||W + s·B@A|| per row, (out,), from ||W||² (cached), W@Aᵀ (out, r) and A@Aᵀ (r, r): no (out, in) temporary.
+
+    ||W_i + s·B_i A||² = ||W_i||² + Σ_k B_ik·(2s·(W Aᵀ)_ik + s²·(B A Aᵀ)_ik)."""
     wa = F.linear(a.to(w.dtype), w).T.to(b.dtype)  # W@Aᵀ (out, r), computed as A@Wᵀ (faster on CPU BLAS)
-    cross = torch.einsum("ir,ir->i", b, wa)  # <W_i, B_i A>
-    ba_sq = torch.einsum("ir,ir->i", b @ (a @ a.T), b)  # ||B_i A||²
-    sq = w_sq.to(b.dtype) + (2 * scale) * cross + (scale * scale) * ba_sq
-    return sq.clamp_min(0).sqrt()
+    mixed = torch.addmm(wa, b, a @ a.T, beta=2 * scale, alpha=scale * scale)  # (out, r)
+    sq = torch.einsum("ir,ir->i", b, mixed).add_(w_sq.to(b.dtype))
+    return sq.clamp_min_(0).sqrt_()
 
 
 def _state(*tensors: torch.Tensor) -> tuple:

@@ -89,10 +89,17 @@ class LoraQuantLinear(LoraLinear):
                 variant.base_changed(self)
 
     def merge(self, names: Iterable[str] | None = None, safe_merge: bool = False) -> None:
+        names = list(names) if names is not None else list(self.active_adapters)
+        if not any(n in self.r and n not in self.merged_adapters for n in names):
+            super().merge(names, safe_merge)  # nothing to write: never requantize an unchanged W
+            return
         with self._dense_base():  # one requantization for all adapters merged by this call
             super().merge(names, safe_merge)
 
     def unmerge(self, keep: int = 0) -> None:
+        if len(self.merged_adapters) <= keep:
+            super().unmerge(keep)
+            return
         with self._dense_base():
             super().unmerge(keep)
 

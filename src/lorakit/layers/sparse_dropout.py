@@ -78,6 +78,10 @@ class Dropped:
     def add_grad_x(self, dx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """dx += (gh @ A) ⊙ m / (1-p): the dense product, then its values at the dropped entries taken out."""
         dx.addmm_(gh, a, alpha=self.keep_scale)
+        return self.remove_dropped(dx, gh, a)
+
+    def remove_dropped(self, dx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """dx -= (gh @ A) / (1-p) at the dropped entries only (dx holds the dense product already)."""
         at_dropped = torch.sparse.sampled_addmm(self.matrix, gh, a, beta=0.0).values()  # (gh @ A)[dropped]
         dx.view(-1).index_add_(0, self.pos, at_dropped, alpha=-self.keep_scale)
         return dx

@@ -89,6 +89,8 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
             response = exc.response()
         except LorakitError as exc:
             response = ApiError(400, str(exc), param=getattr(exc, "param", None)).response()
+        except Exception as exc:  # a bug, never a crash: a JSON 500 (the details stay in the server's log)
+            response = ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
         if not isinstance(response, StreamingResponse):  # streams record themselves when they end
             record(endpoint, label[0], response.status_code, start)
         return response
@@ -154,7 +156,10 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
             body = await read_json(request, limits.max_request_bytes)
             parsed = parse_request(ChatRequest if chat else CompletionRequest, body)
             adapters, label[0] = resolve_adapters(parsed.model, parsed.weights())
-            prompt = prompt_ids_for_chat(tokenizer, parsed.chat_messages()) if chat else parsed.prompt_ids(tokenizer)
+            if chat:  # tokenizing a long prompt takes a while: not on the event loop
+                prompt = await asyncio.to_thread(prompt_ids_for_chat, tokenizer, parsed.chat_messages())
+            else:
+                prompt = await asyncio.to_thread(parsed.prompt_ids, tokenizer)
             params = sampling(parsed, len(prompt), chat)
             events, submit = bridge(asyncio.get_running_loop())
             job = Request(prompt, params, adapters, label[0], *submit)

@@ -10,6 +10,7 @@ thread: the HTTP side hands them over to its event loop).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from lorakit.errors import LorakitError
 from lorakit.serve.cache import AdapterCache, UnknownAdapter
 from lorakit.serve.generation import Row, SamplingParams, eos_token_ids, generate_batch, max_positions_of
 from lorakit.serve.metrics import Metrics
+
+logger = logging.getLogger("lorakit.serve")
 
 
 @dataclass
@@ -97,8 +100,14 @@ class Engine:
             while not self._stop.is_set():
                 self._run_commands()
                 batch = self._next_batch()
-                if batch:
+                if not batch:
+                    continue
+                try:
                     self._run(batch)
+                except Exception as exc:  # e.g. an adapter file unreadable mid-load: fail the batch, keep serving
+                    logger.exception("batch failed")
+                    for request in batch:
+                        request.fail(500, f"generation failed: {type(exc).__name__}: {exc}")
 
     def _run_commands(self) -> None:
         while True:
@@ -196,10 +205,11 @@ class Engine:
                 self.cache.ensure([name], pinned=[*pinned, *names])
                 self.metrics.inc("lorakit_adapter_loads_total", {"adapter": name})
                 self.metrics.observe("lorakit_adapter_load_seconds", {}, time.perf_counter() - start)
-            except LorakitError as exc:
+            except Exception as exc:  # a bad or unreadable adapter fails only the requests that asked for it
+                status = 404 if isinstance(exc, UnknownAdapter) else 400 if isinstance(exc, LorakitError) else 500
                 for request in batch:
                     if any(n == name for n, _ in request.adapters):
-                        request.fail(404 if isinstance(exc, UnknownAdapter) else 400, str(exc))
+                        request.fail(status, str(exc) if status < 500 else f"{type(exc).__name__}: {exc}")
                         request.cancel.set()
         ok = [request for request in batch if not request.cancel.is_set()]
         self.cache.ensure([n for r in ok for n, _ in r.adapters])  # all resident now: only marks them used

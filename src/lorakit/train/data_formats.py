@@ -61,6 +61,20 @@ class Format:
 
 
 def render_alpaca(row: Row, names: dict[str, str], tokenizer: Any) -> list[Segment]:
+    """The prompt (not trained), then the output and EOS (trained):
+
+        Below is an instruction that describes a task[, paired with an input that provides further context].
+        Write a response that appropriately completes the request.
+
+        ### Instruction:
+        {instruction}
+
+        ### Input:                 (these two lines and the blank one after them only when input is not empty)
+        {input}
+
+        ### Response:
+        {output}<EOS>
+    """
     instruction = text_field(row, "instruction", names, "alpaca")
     extra = text_field(row, "input", names, "alpaca", required=False)
     output = text_field(row, "output", names, "alpaca")

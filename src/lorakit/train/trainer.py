@@ -248,8 +248,8 @@ class Trainer:
         rng = D.gather_objects(S.capture_rng(), self.dist)
         if self.dist.is_main:
             S.save_checkpoint(self.out / S.CHECKPOINTS, self.raw, self.optimizer, self.scheduler, self.progress,
-                            self.hooks, rng, self.cfg.to_yaml(), self.cfg.output.adapter_name,
-                            self.cfg.training.keep_checkpoints)
+                              self.hooks, rng, self.cfg.to_yaml(), self.cfg.output.adapter_name,
+                              self.cfg.training.keep_checkpoints)
         D.barrier(self.dist)
 
     # -- the loop ------------------------------------------------------------------------------------------------
