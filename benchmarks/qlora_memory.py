@@ -8,8 +8,10 @@ drawn from a generator seeded by its name, so all variants hold identical weight
 meta device and materialized tensor by tensor; QLoRA quantizes each linear weight right after drawing it, so no
 variant ever holds more than its own model. Peak RSS is read with getrusage(ru_maxrss) twice: over set-up (model
 creation, quantization, adapters) and over the training steps alone (freed set-up memory is handed back with
-malloc_trim, then the kernel's peak counter is reset through /proc/self/clear_refs before the first step). A step
-is AdamW on a causal-LM loss, batch x seq tokens. Step times are wall clock on whatever machine runs this.
+malloc_trim, then the kernel's peak counter is reset through /proc/self/clear_refs before the first step), each
+variant once with glibc's default malloc and once with a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_), which
+stops glibc from keeping QLoRA's freed per-layer dequantized weights resident. A step is AdamW on a causal-LM
+loss, batch x seq tokens. Step times are wall clock on whatever machine runs this (default malloc).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ VARIANTS = {  # name -> (quantization or None, LoRA or not, gradient checkpointi
     "LoRA + grad. checkpointing": (None, True, True),
 }
 MiB = 1024 * 1024
+# glibc raises its mmap threshold after freeing a large block, after which freed blocks below it stay resident:
+# QLoRA's per-layer dequantized weights (transient) then inflate RSS. A fixed threshold turns that off.
+ALLOCATORS = {"glibc default": {}, "MALLOC_MMAP_THRESHOLD_=131072": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 
 def peak_rss_mib() -> float:
@@ -193,8 +198,11 @@ def main() -> None:
     results = []
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--child", variant, *_passthrough(args)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        row = {}
+        for allocator, env in ALLOCATORS.items():
+            done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **env})
+            row[allocator] = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(row)
     _print_table(results)
 
 
@@ -210,18 +218,23 @@ def _bnb_version() -> str:
 
 
 def _print_table(results: list[dict]) -> None:
-    full = next(r for r in results if r["variant"] == "full fine-tuning")
-    print(f"\n{'variant':<30} {'trainable':>11} {'weights':>9} {'set-up peak':>12} {'step peak':>10} {'vs full':>8} "
-          f"{'step s':>7}")
+    default, fixed = ALLOCATORS
+    full = next(r for r in results if r[default]["variant"] == "full fine-tuning")
+    print(f"\nstep peak: peak RSS over the training steps, with glibc's default malloc and with {fixed}")
+    print(f"{'variant':<30} {'trainable':>11} {'weights':>9} {'set-up peak':>12} {'step peak':>10} {'vs full':>8} "
+          f"{'fixed mmap':>11} {'vs full':>8} {'step s':>7}")
     for row in results:
-        peak = row["step_peak_mib"]
-        ratio = f"{peak / full['step_peak_mib']:.2f}x" if peak and full["step_peak_mib"] else "-"
-        peak_text = f"{peak:.0f} MiB" if peak else "n/a"
-        weights, setup = f"{row['weights_mib']:.0f} MiB", f"{row['setup_peak_mib']:.0f} MiB"
-        print(f"{row['variant']:<30} {row['trainable']:>11,} {weights:>9} {setup:>12} {peak_text:>10} {ratio:>8} "
-              f"{row['step_s']:>7.2f}")
-    print(f"\nall variants: {full['total']:,} parameters. weights: parameters, buffers and quantization statistics. "
-          f"RSS after imports (torch, transformers, bitsandbytes) ~{full['import_rss_mib']:.0f} MiB, in every peak.")
+        cells = []
+        for allocator in (default, fixed):
+            peak, reference = row[allocator]["step_peak_mib"], full[allocator]["step_peak_mib"]
+            cells += [f"{peak:.0f} MiB" if peak else "n/a", f"{peak / reference:.2f}x" if peak and reference else "-"]
+        first = row[default]
+        weights, setup = f"{first['weights_mib']:.0f} MiB", f"{first['setup_peak_mib']:.0f} MiB"
+        print(f"{first['variant']:<30} {first['trainable']:>11,} {weights:>9} {setup:>12} {cells[0]:>10} {cells[1]:>8} "
+              f"{cells[2]:>11} {cells[3]:>8} {first['step_s']:>7.2f}")
+    print(f"\nall variants: {full[default]['total']:,} parameters. weights: parameters, buffers and quantization "
+          f"statistics. RSS after imports (torch, transformers, bitsandbytes) ~{full[default]['import_rss_mib']:.0f} "
+          "MiB, in every peak.")
 
 if __name__ == "__main__":
     main()

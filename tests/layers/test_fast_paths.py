@@ -43,14 +43,15 @@ def make_layer(*specs: tuple[str, int], dtype=torch.float32, bias: bool = True, 
 def reference(layer: LoraLinear, x: torch.Tensor, mask: torch.Tensor | None = None):
     """The plain formula on detached copies: (output, leaf tensors {x, A_name, B_name, ...})."""
     leaves = {"x": x.detach().clone().requires_grad_(True)}
-    y = F.linear(leaves["x"], layer.base_layer.weight, layer.base_layer.bias)
-    for name in layer.active_adapters:
+    base = F.linear(leaves["x"], layer.base_layer.weight, layer.base_layer.bias)
+    y = base
+    for name in layer.active_adapters:  # over a 16-bit base: the fp32 updates summed, then rounded once
         a = leaves[f"A_{name}"] = layer.lora_A[name].weight.detach().clone().requires_grad_(True)
         b = leaves[f"B_{name}"] = layer.lora_B[name].weight.detach().clone().requires_grad_(True)
         xd = leaves["x"].to(a.dtype) * (mask if mask is not None else 1.0)
         update = F.linear(F.linear(xd, a), b, layer.lora_B[name].bias) * layer.scaling[name]
-        y = (y.to(update.dtype) + update).to(y.dtype)
-    return y, leaves
+        y = y.to(update.dtype) + update
+    return y.to(base.dtype), leaves
 
 
 def grads(layer: LoraLinear, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,7 +106,7 @@ def test_inference_path_with_two_adapters_of_different_ranks_and_lora_bias(lead)
 
 @PATHS
 def test_inference_path_on_bf16_base_rounds_once(lead) -> None:
-    layer = make_layer(dtype=torch.bfloat16)  # adapters in fp32, the update added in fp32 then rounded once
+    layer = make_layer(("a", 4), ("b", 2), dtype=torch.bfloat16)  # fp32 adapters: updates summed in fp32
     x = torch.randn(*lead, 12, dtype=torch.bfloat16)  # never merged: that would round the adapter into bf16
     with torch.no_grad():
         y = layer(x)

@@ -105,14 +105,20 @@ def _inference_forward(layer: LoraLinear, x: torch.Tensor, names: tuple[str, ...
         hs.append(_project(layer.lora_dropout[name], cast[lora_a.dtype], lora_a))  # (tokens, r)
     y = F.linear(x, weight, bias).contiguous()  # a fresh tensor nothing else holds: safe to add into in place
     y2 = y.view(-1, y.shape[-1])  # (tokens, out)
+    wide = None  # adapter updates in their (wider) dtype, summed, for a 16-bit base
     for name, h in zip(names, hs, strict=True):
         lora_b, scale = layer.lora_B[name], layer.scaling[name]
         if lora_b.weight.dtype == y2.dtype:
             y2.addmm_(h, lora_b.weight.t(), alpha=scale)
             if lora_b.bias is not None:
                 y2.add_(lora_b.bias, alpha=scale)
-        else:  # 16-bit base, fp32 adapter: add in fp32, round once into the base's dtype
-            y2.add_(F.linear(h, lora_b.weight, lora_b.bias), alpha=scale)
+            continue
+        update = torch.mm(h.mul_(scale), lora_b.weight.t())  # h is this call's own tensor
+        if lora_b.bias is not None:
+            update.add_(lora_b.bias, alpha=scale)
+        wide = update if wide is None else wide.add_(update)
+    if wide is not None:  # y + updates in fp32, rounded once into the base's dtype (as PEFT does)
+        y2.copy_(wide.add_(y2))
     return y
 
 
