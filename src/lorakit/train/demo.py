@@ -31,9 +31,10 @@ data:
   max_seq_len: 32
 training:
   seed: 0
-  epochs: 3
+  epochs: 4
   batch_size: 32
   lr: 1.0e-3
+  head_lr: 1.0e-2
   weight_decay: 0.01
   scheduler: linear
   max_grad_norm: null
