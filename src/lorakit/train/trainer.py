@@ -301,6 +301,8 @@ def train(cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str 
     """Run one training job (also under torchrun: every process calls this)."""
     trainer = Trainer(cfg, hooks, resume)
     try:
-        return trainer.train()
+        result = trainer.train()
+        D.barrier(trainer.dist)  # every rank done before any tears the group down (gloo aborts a rank otherwise)
+        return result
     finally:
         D.shutdown(trainer.dist)
