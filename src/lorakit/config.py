@@ -153,8 +153,8 @@ class LoraConfig:
                 )
         if values.get("peft_type", "LORA") != "LORA":
             raise ConfigError(
-                f"adapter_config.json has peft_type={values['peft_type']!r}; lorakit.load_adapter reads LoRA "
-                "adapters ('LORA')"
+                f"adapter_config.json has peft_type={values['peft_type']!r}; only LoRA adapters ('LORA') are read "
+                "here (lorakit.load_adapter also reads AdaLoRA ones, 'ADALORA')"
             )
         if isinstance(values.get("target_modules"), list):
             values["target_modules"] = sorted(values["target_modules"])

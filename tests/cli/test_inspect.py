@@ -62,3 +62,27 @@ def test_singular_values_of_a_conv_shaped_update():
 def test_missing_adapter_is_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_adalora_adapters_show_their_kept_ranks(tmp_path, capsys, monkeypatch):
+    from lorakit.variants import AdaLoraConfig
+
+    model = tiny_llama()
+    config = AdaLoraConfig(init_r=4, target_r=2, lora_alpha=6, target_modules=["q_proj"], init_lora_weights=False,
+                           total_step=10)
+    lorakit.add_adapter(model, config)
+    layers = dict(lora_layers(model))
+    keeps = dict(zip(layers, ([True, False, True, False], [False] * 4), strict=True))
+    for path, keep in keeps.items():
+        layers[path].apply_mask("default", torch.tensor(keep))
+        config.rank_pattern[path] = keep
+    lorakit.save_adapter(model, tmp_path / "ada")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", str(tmp_path / "ada"), "--json"]) == 0
+    report = {e["path"]: e for e in json.loads(capsys.readouterr().out)["layers"]}
+    for path, keep in keeps.items():
+        assert report[path]["rank"] == sum(keep)
+        dense = torch.linalg.svdvals(layers[path].delta_weight("default").double())[: sum(keep)]
+        torch.testing.assert_close(torch.tensor(report[path]["singular_values"], dtype=torch.float64), dense)
+    assert main(["inspect", str(tmp_path / "ada"), "--no-plot"]) == 0
+    assert "AdaLoRA: init_r=4 target_r=2; ranks kept: 2 in total" in capsys.readouterr().out

@@ -228,6 +228,22 @@ def test_eval_cache_follows_weight_changes() -> None:
     assert variant._norm is None  # never cached while training
 
 
+def test_adapter_added_and_run_under_inference_mode() -> None:
+    """Inference tensors have no version counter; the norm cache must not need one (nothing is cached on them)."""
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    with torch.inference_mode():
+        layer = LoraLinear(base).eval()
+        layer.add_adapter("a", AdapterSpec(r=2, lora_alpha=4, init_lora_weights=False, use_dora=True))
+        layer.set_active(["a"])
+        scramble_magnitude(layer)
+        x = torch.randn(3, 6)
+        out = layer(x)
+        torch.testing.assert_close(out, dense_forward(layer, x))
+        layer.lora_B["a"].weight.mul_(2.0)  # an in-place edit of an inference tensor is still seen
+        torch.testing.assert_close(layer(x), dense_forward(layer, x))
+
+
 def test_magnitude_is_trainable_container_and_deleted_with_adapter() -> None:
     layer = make("linear")
     assert "lora_magnitude_vector" in layer.adapter_containers

@@ -140,3 +140,29 @@ def test_peft_adapters_plain_and_dora_match_peft(served, tmp_path):
         peft_model = PeftModel.from_pretrained(copy.deepcopy(served.model), tmp_path / name).eval()
         with torch.no_grad():
             torch.testing.assert_close(out[i:i + 1], peft_model(ids[i:i + 1]).logits)
+
+
+def test_an_adalora_adapter_is_served_like_the_library_loads_it(served, tmp_path):
+    """SVD triplets become A = Λ ⊙ Q, B = P with AdaLoRA's scale; a layer pruned to rank 0 adds nothing."""
+    from lorakit.inject import lora_layers
+    from lorakit.variants import AdaLoraConfig
+
+    model = copy.deepcopy(served.model)
+    config = AdaLoraConfig(init_r=4, target_r=2, lora_alpha=6, target_modules=["q_proj", "v_proj"],
+                           init_lora_weights=False, total_step=10)
+    lorakit.add_adapter(model, config, "ada")
+    masks = [[True, False, True, True], [False] * 4, [True, True, False, False], [True] * 4]
+    with torch.no_grad():
+        for (path, layer), keep in zip(lora_layers(model), masks, strict=True):
+            layer.lora_E["ada"].mul_(3.0)  # an update large enough to matter
+            layer.apply_mask("ada", torch.tensor(keep))
+            config.rank_pattern[path] = keep
+    lorakit.save_adapter(model, tmp_path, "ada")
+    cache = AdapterCache(copy.deepcopy(served.model), tmp_path, max_resident=2)
+    ids = ids_for(served, 2)
+    out = served_logits(cache, [[("ada", 1.0)], []], ids)
+    reference = lorakit.load_adapter(copy.deepcopy(served.model), tmp_path / "ada", adapter_name="ada")
+    with torch.no_grad():
+        torch.testing.assert_close(out[:1], reference(ids[:1]).logits)
+        torch.testing.assert_close(out[1:], served.model(ids[1:]).logits)
+        assert (out[:1] - served.model(ids[:1]).logits).abs().max() > 1e-3

@@ -52,7 +52,7 @@ def make_run(tmp: Path, kind: str = "causal", **sections) -> Path:
 
     kind: "causal" (tiny llama, alpaca data), "seq2seq" (tiny t5, alpaca data) or "cls" (tiny bert, text/label
     data). `sections` update the
-    config's sections, e.g. training={"max_steps": 4}."""
+    config's sections (or add one, e.g. delta_lora={}), e.g. training={"max_steps": 4}."""
     from lorakit.train.data_formats import ALPACA_PROMPT
 
     words = [" ".join(COLORS + ANIMALS + ["what", "color", "is", "the"]), ALPACA_PROMPT]
@@ -73,7 +73,7 @@ def make_run(tmp: Path, kind: str = "causal", **sections) -> Path:
         "output": {"dir": str(tmp / "out"), "plot": False, "tensorboard": "false"},
     }
     for name, values in sections.items():
-        config[name].update(values)
+        config.setdefault(name, {}).update(values)
     path = tmp / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

@@ -46,7 +46,8 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("trainin.lr=1", r"unknown section 'trainin'; valid sections: \['model', 'lora', 'data', 'training', 'output'\]"),
+    ("trainin.lr=1", r"unknown section 'trainin'; valid sections: \['model', 'lora', 'data', 'training', 'output', "
+                     r"'delta_lora', 'longlora'\]"),
     ("training.learning_rate=1", r"unknown key\(s\) \['training.learning_rate'\]; valid keys in 'training': .*'lr'"),
     ("lora.rank=4", r"lora: unknown LoRA config key\(s\) \['rank'\]; valid keys: .*'r'"),
     ("training.batch_size=abc", r"training.batch_size='abc': expected int"),
@@ -110,4 +111,6 @@ def test_configs_demo_yaml_is_what_the_demo_runs():
 
 
 def test_default_config_is_complete():
-    assert set(yaml.safe_load(TrainConfig().to_yaml())) == {"model", "lora", "data", "training", "output"}
+    values = yaml.safe_load(TrainConfig().to_yaml())
+    assert set(values) == {"model", "lora", "data", "training", "output", "delta_lora", "longlora"}
+    assert values["delta_lora"] is None and values["longlora"] is None  # variants are off unless asked for

@@ -50,16 +50,21 @@ def layer_infos(config, tensors: dict[str, torch.Tensor]) -> list[LayerInfo]:
 
     infos = []
     for key in sorted(tensors):
-        if not key.endswith(A_KEYS):
+        if key.endswith(".lora_E"):  # AdaLoRA's triplets: A = Λ ⊙ Q, B = P
+            stem = key.removesuffix(".lora_E")
+            a, b = tensors[stem + ".lora_A"] * tensors[key], tensors[stem + ".lora_B"]
+            key = stem + ".lora_A"
+        elif not key.endswith(A_KEYS):
             continue
-        b_key = key.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")
-        a, b = tensors[key], tensors.get(b_key)
+        else:
+            b_key = key.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")
+            a, b = tensors[key], tensors.get(b_key)
         if b is None:
             continue
         rank = a.shape[0]  # A is (r, in) for linear, (r, num_embeddings) for embedding, (r, in, *k) for conv
         path = layer_path_of(key)
         scaling = config.scaling_for(path)
-        values = update_singular_values(a, b, scaling).tolist()
+        values = update_singular_values(a, b, scaling).tolist() if rank else []  # AdaLoRA may prune to rank 0
         infos.append(LayerInfo(path, rank, a.numel() + b.numel(), scaling, values))
     return infos
 
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     files = {f.name: f.stat().st_size for f in sorted(directory.iterdir()) if f.is_file()}
     size = sum(v for k, v in files.items() if k.startswith("adapter_"))
     total = sum(t.numel() for t in tensors.values())
-    others = sorted(k for k in tensors if not any(m in k for m in ("lora_A", "lora_B", "lora_embedding_")))
+    others = sorted(k for k in tensors if not any(m in k for m in ("lora_A", "lora_B", "lora_E", "lora_embedding_")))
     plot = None if args.no_plot else plot_spectra(infos, args.plot)
     if args.json:
         print(json.dumps({
@@ -128,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     targets = config.target_modules
     print(f"adapter {directory}")
+    if config.peft_type == "ADALORA":
+        print(f"  AdaLoRA: init_r={config.init_r} target_r={config.target_r}; ranks kept: "
+              f"{sum(i.rank for i in infos)} in total (per layer below)")
     print(f"  r={config.r} lora_alpha={config.lora_alpha} use_rslora={config.use_rslora} use_dora={config.use_dora} "
           f"dropout={config.lora_dropout} bias={config.bias} task_type={config.task_type}")
     print(f"  target_modules={targets} modules_to_save={config.modules_to_save}")

@@ -96,11 +96,18 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
         from lorakit.variants.adalora_io import save_adalora
 
         return save_adalora(model, path, adapter_name)
+    return write_adapter_files(model, path, adapter_name, config, adapter_state_dict(model, adapter_name))
+
+
+def write_adapter_files(model: nn.Module, path: str | os.PathLike, adapter_name: str, config: LoraConfig,
+                        tensors: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> Path:
+    """Write `tensors` (file keys) with `config` as an adapter directory, atomically; `extra`: more config keys."""
     directory = Path(path) if adapter_name == "default" else Path(path) / adapter_name
     if directory.exists() and not directory.is_dir():
         raise AdapterFileError(f"cannot save adapter to {directory}: a file of that name exists")
-    weights = safetensors_save(adapter_state_dict(model, adapter_name), metadata={"format": "pt"})
+    weights = safetensors_save(tensors, metadata={"format": "pt"})
     config_dict = _config_for_file(model, config, adapter_name)
+    config_dict.update(extra or {})
     config_dict["lorakit_weights_sha256"] = hashlib.sha256(weights).hexdigest()
     config_bytes = (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode()
     directory.mkdir(parents=True, exist_ok=True)
@@ -121,7 +128,9 @@ def _config_for_file(model: nn.Module, config: LoraConfig, adapter_name: str) ->
 
 # -- reading ----------------------------------------------------------------------------------------------------
 def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_pickle: bool = False):
-    """Read and validate an adapter directory without a model: (LoraConfig, extra config keys, tensors, dir)."""
+    """Read and validate an adapter directory without a model: (LoraConfig, extra config keys, tensors, dir).
+
+    The config is an AdaLoraConfig for an AdaLoRA file (its tensors keep PEFT's lora_A / lora_E / lora_B keys)."""
     directory = resolve_directory(Path(path), adapter_name)
     config_path = directory / CONFIG_NAME
     try:
@@ -133,7 +142,12 @@ def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_p
     if not isinstance(raw, dict):
         raise AdapterFileError(f"{config_path} should hold a JSON object, found {type(raw).__name__}")
     try:
-        config, extra = LoraConfig.from_peft_dict(raw)
+        if raw.get("peft_type") == "ADALORA":  # an AdaLoraConfig (a LoraConfig) with its keep-masks
+            from lorakit.variants.adalora_io import read_adalora_config
+
+            config, extra = read_adalora_config(raw, adapter_name)
+        else:
+            config, extra = LoraConfig.from_peft_dict(raw)
     except LorakitError as exc:
         raise AdapterFileError(f"{config_path}: {exc}") from None
     tensors = _read_weights(directory, allow_pickle, extra.get("lorakit_weights_sha256"))
@@ -213,6 +227,11 @@ def load_adapter(
     if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):  # it also names a folder
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
     inner = unwrap_model(model)
+    if _peft_type(resolve_directory(Path(path), adapter_name)) == "ADALORA":  # SVD triplets: their own reader
+        from lorakit.variants.adalora_io import load_adalora
+
+        load_adalora(inner, path, adapter_name, trainable=trainable, activate=activate)
+        return model
     config, extra, tensors, directory = read_adapter(path, adapter_name, allow_pickle)
     source = f"adapter {directory}"
     if adapter_name in adapter_configs(inner):
@@ -227,6 +246,15 @@ def load_adapter(
             raise AdapterFileError(f"{source}: {exc}") from None
         _copy_into_model(inner, tensors, adapter_name, source)
     return model
+
+
+def _peft_type(directory: Path) -> str | None:
+    """adapter_config.json's peft_type, or None when the file cannot tell (read_adapter then explains why)."""
+    try:
+        values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return values.get("peft_type") if isinstance(values, dict) else None
 
 
 def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:

@@ -37,6 +37,8 @@ class AdapterSpec:
 
     @property
     def scaling(self) -> float:
+        if self.r == 0:  # an AdaLoRA layer pruned to rank 0 (LoraConfig refuses r=0): it adds nothing
+            return 0.0
         return self.lora_alpha / math.sqrt(self.r) if self.use_rslora else self.lora_alpha / self.r
 
 

@@ -88,8 +88,10 @@ def lowrank_norm(w_sq: torch.Tensor, w: torch.Tensor, a: torch.Tensor, b: torch.
 
 
 def _state(*tensors: torch.Tensor) -> tuple:
-    """Identity + in-place version of tensors: changes whenever any of them is written or replaced."""
-    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in tensors)
+    """Identity + in-place version of tensors: changes whenever any of them is written or replaced. Inference
+    tensors (made under torch.inference_mode) have no version counter: a fresh object, so nothing caches on them."""
+    return tuple((t.data_ptr(), object() if t.is_inference() else t._version, tuple(t.shape), t.dtype)
+                 for t in tensors)
 
 
 # -- the variant modules ----------------------------------------------------------------------------------------

@@ -107,6 +107,8 @@ class AdapterCache:
         if extra.get("lorakit_fingerprint"):
             check_fingerprint(extra["lorakit_fingerprint"], self.model, source)
         grouped = _group_by_layer(tensors, source)
+        if config.peft_type == "ADALORA":  # SVD triplets: A = Λ ⊙ Q, B = P; a layer pruned to rank 0 adds nothing
+            grouped = {p: _adalora_as_lora(parts) for p, parts in grouped.items() if parts["lora_E"].numel()}
         layers, nbytes = {}, 0
         for layer_path, parts in grouped.items():
             prepared = self._prepare_layer(layer_path, parts, config, source)
@@ -235,12 +237,16 @@ def _mixable(base: nn.Module) -> bool:
     return isinstance(base, (nn.Linear, nn.Embedding)) or (Conv1D is not None and isinstance(base, Conv1D))
 
 
+def _adalora_as_lora(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"lora_A.weight": parts["lora_A"] * parts["lora_E"], "lora_B.weight": parts["lora_B"]}
+
+
 def _group_by_layer(tensors: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
     """File keys -> {layer path: {"lora_A.weight" | "lora_B.weight" | "lora_B.bias" | "lora_embedding_A" | ...}}."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         parts = (key[len(PREFIX):] if key.startswith(PREFIX) else key).split(".")
-        i = next((i for i, part in enumerate(parts) if part in NAMED_CONTAINERS), None)
+        i = next((i for i, part in enumerate(parts) if part in NAMED_CONTAINERS or part == "lora_E"), None)
         if i is None:
             raise AdapterFileError(f"{source} has tensor {key} (a modules_to_save copy or a trained base bias), "
                                    "which cannot differ per request; the server serves LoRA-only adapters")

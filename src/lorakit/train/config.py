@@ -1,4 +1,8 @@
-"""TrainConfig: what `lorakit train` does, as five sections (model / lora / data / training / output).
+"""TrainConfig: what `lorakit train` does, as five sections (model / lora / data / training / output), plus two
+optional variant sections: `delta_lora` (Delta-LoRA) and `longlora` (LongLoRA), off when absent or null.
+
+The `lora` section is an AdaLoRA config when it says `peft_type: ADALORA` (lorakit.variants.AdaLoraConfig); DoRA
+is `lora.use_dora: true`, LoRA+ is `training.loraplus_lr_ratio`.
 
 Loaded from YAML, then `section.key=value` overrides from the command line. Unknown sections or keys are an
 error that lists the valid ones; values are coerced by the field's type (PyYAML reads 3e-4 as a string).
@@ -17,6 +21,9 @@ import yaml
 from lorakit.config import LoraConfig, coerce
 from lorakit.errors import ConfigError
 from lorakit.train.data import DataConfig
+from lorakit.variants import adapter_config_from_dict
+from lorakit.variants.delta_lora import DeltaLoraConfig
+from lorakit.variants.longlora import LongLoraConfig
 
 TASKS = ("causal-lm", "seq-cls", "seq2seq")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -132,9 +139,11 @@ class OutputConfig:
         self.tensorboard = str(self.tensorboard).lower()
 
 
-SECTIONS: dict[str, type] = {
+REQUIRED_SECTIONS: dict[str, type] = {
     "model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "training": TrainingConfig, "output": OutputConfig,
 }
+VARIANT_SECTIONS: dict[str, type] = {"delta_lora": DeltaLoraConfig, "longlora": LongLoraConfig}  # None: off
+SECTIONS: dict[str, type] = {**REQUIRED_SECTIONS, **VARIANT_SECTIONS}
 
 
 @dataclass
@@ -144,10 +153,32 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    delta_lora: DeltaLoraConfig | None = None
+    longlora: LongLoraConfig | None = None
+
+    def __post_init__(self) -> None:
+        """Combinations the variants cannot run, refused before any model is loaded."""
+        if self.delta_lora is not None:
+            if self.lora.peft_type == "ADALORA" or self.lora.use_dora:
+                raise ConfigError("delta_lora moves W by the change of s·B·A, which needs plain LoRA; remove the "
+                                  "delta_lora section, or lora.use_dora / lora.peft_type=ADALORA")
+            if self.model.quantization:
+                raise ConfigError(f"delta_lora updates the base weights in place; model.quantization="
+                                  f"{self.model.quantization!r} keeps them packed. Use a full-precision base")
+            if self.delta_lora.adapter_name not in ("default", self.output.adapter_name):
+                raise ConfigError(f"delta_lora.adapter_name={self.delta_lora.adapter_name!r} differs from "
+                                  f"output.adapter_name={self.output.adapter_name!r}, the adapter being trained")
+            self.delta_lora.adapter_name = self.output.adapter_name
+        if self.longlora is not None and self.model.task != "causal-lm":
+            raise ConfigError(f"longlora (shifted sparse attention) trains causal language models; model.task is "
+                              f"{self.model.task!r}. Remove the longlora section or use model.task=causal-lm")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in REQUIRED_SECTIONS}
         out["lora"] = self.lora.to_dict()
+        for name in VARIANT_SECTIONS:
+            section = getattr(self, name)
+            out[name] = None if section is None else dataclasses.asdict(section)
         return out
 
     def to_yaml(self) -> str:
@@ -160,7 +191,11 @@ class TrainConfig:
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
-        return cls(**{name: build_section(SECTIONS[name], values.get(name) or {}, name) for name in SECTIONS})
+        sections = {name: build_section(klass, values.get(name) or {}, name)
+                    for name, klass in REQUIRED_SECTIONS.items()}
+        for name, klass in VARIANT_SECTIONS.items():  # absent or null: the variant is off; {} : on, with defaults
+            sections[name] = None if values.get(name) is None else build_section(klass, values[name], name)
+        return cls(**sections)
 
 
 def build_section(klass: type, values: Any, section: str) -> Any:
@@ -169,7 +204,7 @@ def build_section(klass: type, values: Any, section: str) -> Any:
         raise ConfigError(f"config section {section!r} should be a mapping of settings, got {values!r}")
     if klass is LoraConfig:
         try:
-            return LoraConfig.from_dict(values)
+            return adapter_config_from_dict(values)  # AdaLoraConfig when peft_type is ADALORA
         except ConfigError as exc:
             raise ConfigError(f"lora: {exc}") from None
     names = [f.name for f in dataclasses.fields(klass)]

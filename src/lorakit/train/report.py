@@ -92,6 +92,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((f"eval {key}", _fmt(value)))
     if summary.get("best_step") is not None:
         rows.append(("best", f"{summary['metric']} {_fmt(summary['best_metric'])} at step {summary['best_step']}"))
+    if summary.get("adalora"):
+        ada = summary["adalora"]
+        ranks = sorted(ada["ranks"].values())
+        rows.append(("AdaLoRA total rank", f"{ada['total_rank']} (from {ada['initial_total_rank']}, target "
+                     f"{ada['target_total_rank']}); per layer {ranks[0]}..{ranks[-1]}"
+                     + (f", plot {ada['plot']}" if ada.get("plot") else "")))
+    if summary.get("delta_lora"):
+        rows.append(("Delta-LoRA adapter", summary["delta_lora"]["adapter_form"]))
     rows.append(("time", human_time(summary["time_s"])))
     memory = f"{summary['peak_rss_mb']:.0f} MiB RSS"
     if summary.get("peak_gpu_mb") is not None:

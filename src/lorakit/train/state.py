@@ -252,8 +252,9 @@ def check_same_run(saved_yaml: str, now: dict[str, dict[str, Any]], path: Path) 
     saved = yaml.safe_load(saved_yaml) or {}
     changed = sorted(
         f"{section}.{key}" for section in now if section != "output"
-        for key in set(now[section]) | set(saved.get(section, {}))
-        if now[section].get(key) != saved.get(section, {}).get(key) and f"{section}.{key}" not in RESUMABLE_CHANGES
+        for key in set(now[section] or {}) | set(saved.get(section) or {})
+        if (now[section] or {}).get(key) != (saved.get(section) or {}).get(key)
+        and f"{section}.{key}" not in RESUMABLE_CHANGES
     )
     if changed:
         raise CheckpointError(

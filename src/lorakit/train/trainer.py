@@ -9,6 +9,7 @@ split into micro-batches and processes.
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -23,7 +24,6 @@ from tqdm.auto import tqdm
 
 from lorakit.adapters import add_adapter
 from lorakit.errors import ConfigError, LorakitError
-from lorakit.io.checkpoint import save_adapter
 from lorakit.train import distributed as D
 from lorakit.train import report
 from lorakit.train import state as S
@@ -34,6 +34,7 @@ from lorakit.train.loading import load_model, load_tokenizer, prepare_lora, reso
 from lorakit.train.metrics import MetricsLogger, read_metrics, truncate_after
 from lorakit.train.optim import build_optimizer, build_scheduler
 from lorakit.train.tasks import TASKS, evaluate
+from lorakit.train.variants import attach_variants, save_trained_adapter, variant_lora_config, variant_summary
 
 CONFIG_FILE = "train_config.yaml"
 
@@ -72,8 +73,9 @@ class Trainer:
             self.cfg.data.labels = list(labels)  # recorded in train_config.yaml: merge / eval rebuild the head
         base = load_model(self.cfg.model, Path(self.cfg.model.path), labels, self.tokenizer.pad_token_id,
                           self.dist.device)
-        self.cfg.lora = prepare_lora(self.cfg, base)
-        self.raw = add_adapter(base, self.cfg.lora, self.cfg.output.adapter_name)
+        self.cfg.lora = variant_lora_config(self.cfg, base, prepare_lora(self.cfg, base))
+        # a copy goes into the model: AdaLoRA's hook writes its ranks there, the run's config stays as written
+        self.raw = add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)
         self.raw.to(self.dist.device).train()
         self.model = D.wrap_model(self.raw, self.dist)
         self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
@@ -87,6 +89,9 @@ class Trainer:
             raise ConfigError("training.distributed=fsdp does not write resumable checkpoints yet (the optimizer "
                               "state is sharded); use distributed=ddp with save_every / --resume")
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        # the variants' hooks first: their checkpointed states keep their places whatever hooks the caller adds
+        mode = self.dist.mode if self.dist.active else None
+        self.hooks = attach_variants(self.cfg, self.raw, self.total_steps, mode) + self.hooks
         self.optimizer = build_optimizer(self.raw, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.progress = S.Progress()
@@ -239,10 +244,10 @@ class Trainer:
             if not self.dist.is_main:
                 return
             if not atomic:  # the output dir itself: save_adapter replaces its two files atomically
-                save_adapter(self.raw, directory, self.cfg.output.adapter_name)
+                save_trained_adapter(self.raw, directory, self.cfg.output.adapter_name, self.hooks)
                 return
             with S.atomic_directory(directory) as tmp:
-                save_adapter(self.raw, tmp, self.cfg.output.adapter_name)
+                save_trained_adapter(self.raw, tmp, self.cfg.output.adapter_name, self.hooks)
 
     def _checkpoint(self) -> None:
         rng = D.gather_objects(S.capture_rng(), self.dist)
@@ -287,6 +292,9 @@ class Trainer:
             p.elapsed_s += time.perf_counter() - started
             self._save_adapter(self.out, atomic=False)
             summary = report.build_summary(self, final_eval, p.step - first_step)
+            if self.dist.is_main:
+                summary.update(variant_summary(self.raw, self.cfg.output.adapter_name, self.hooks, self.out,
+                                               self.cfg.output.plot))
             if self.dist.is_main:
                 report.write_summary(self.out, summary, read_metrics(self.out / "metrics.jsonl"), self.cfg.output.plot)
             return TrainResult(self.out, summary, final_eval, self.dist.is_main)

@@ -81,4 +81,13 @@ __all__ = [
     "s2_attention",
     "s2_attn",
     "save_adalora",
+    "save_delta_lora",
 ]
+
+
+def __getattr__(name: str):
+    if name == "save_delta_lora":  # imported lazily: it needs lorakit.io, which imports lorakit.adapters
+        from lorakit.variants.delta_lora_export import save_delta_lora
+
+        return save_delta_lora
+    raise AttributeError(f"module 'lorakit.variants' has no attribute {name!r}")

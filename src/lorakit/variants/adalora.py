@@ -90,6 +90,13 @@ class AdaLoraConfig(LoraConfig):
     def alpha_for(self, module_path: str) -> float:
         return self.lora_alpha
 
+    def scaling_for(self, module_path: str) -> float:
+        """AdaLoRA's scale: lora_alpha / (init_r + 1e-5) whatever rank a layer keeps (PEFT's; alpha 0 means init_r)."""
+        from lorakit.variants.adalora_layer import RANKNUM_EPS
+
+        alpha = self.lora_alpha if self.lora_alpha > 0 else float(self.init_r)
+        return alpha / (self.init_r + RANKNUM_EPS)
+
     def inject_layer(self, module: nn.Module, path: str, adapter_name: str) -> LoraLayer:
         """Wrap `module` in an AdaLoraLinear (or reuse one) and add the adapter. Called by lorakit.inject."""
         if isinstance(module, AdaLoraLinear):
