@@ -82,6 +82,24 @@ class LoraLayer(nn.Module):
         """(A, B) as the parameters are stored."""
         raise NotImplementedError
 
+    def add_lora(self, y: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        """y + the update of plain-LoRA adapter `name` for input x (each layer type's own products)."""
+        raise NotImplementedError
+
+    # -- forward: the base output, then each live adapter's update (a variant such as DoRA does its own) ------
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return y
+        if self.mixed_rows is not None:  # a mixed-adapter batch (lorakit.mixed): every row its own adapters
+            return self.mixed_rows.apply(self, x, y)
+        for name in self._live:
+            if name in self.lora_variant:
+                y = self.lora_variant[name](self, name, x, y)
+            else:
+                y = self.add_lora(y, x, name)
+        return y
+
     # -- shared bookkeeping ---------------------------------------------------------------------------
     @property
     def base_weight(self) -> torch.Tensor:

@@ -75,19 +75,7 @@ class LoraConv(LoraLayer):
                 "mixes all input channels, which the grouped base weight cannot hold: keep it unmerged"
             )
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return y
-        if self.mixed_rows is not None:
-            return self.mixed_rows.apply(self, x, y)
-        if not self._live:
-            return y
-        for name in self._live:
-            if name in self.lora_variant:
-                y = self.lora_variant[name](self, name, x, y)
-                continue
-            lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-            update = lora_b(lora_a(self.lora_dropout[name](adapter_compute_input(x, lora_a.weight))))
-            y = y.add(update.to(y.dtype), alpha=self.scaling[name])
-        return y
+    def add_lora(self, y: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        update = lora_b(lora_a(self.lora_dropout[name](adapter_compute_input(x, lora_a.weight))))
+        return y.add(update.to(y.dtype), alpha=self.scaling[name])

@@ -55,20 +55,8 @@ class LoraEmbedding(LoraLayer):
         return F.embedding(ids, table, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq,
                            base.sparse)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return y
-        if self.mixed_rows is not None:
-            return self.mixed_rows.apply(self, x, y)
-        if not self._live:
-            return y
-        for name in self._live:
-            if name in self.lora_variant:
-                y = self.lora_variant[name](self, name, x, y)
-                continue
-            a, b = self.lora_weights(name)
-            h = self._lookup(x, a.T)  # (..., r)
-            y = y + (h @ b.T * self.scaling[name]).to(y.dtype)
-        return y
+    def add_lora(self, y: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        a, b = self.lora_weights(name)
+        h = self._lookup(x, a.T)  # (..., r): rows of A^T looked up like the embedding itself
+        return y + (h @ b.T * self.scaling[name]).to(y.dtype)
 

@@ -73,19 +73,7 @@ class LoraLinear(LoraLayer):
             fast = fast_forward(self, x)  # the same formula with fewer passes (layers/fast_linear.py), or None
             if fast is not None:
                 return fast
-        y = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return y
-        if self.mixed_rows is not None:
-            return self.mixed_rows.apply(self, x, y)
-        if not self._live:
-            return y
-        for name in self._live:
-            if name in self.lora_variant:
-                y = self.lora_variant[name](self, name, x, y)
-            else:
-                y = self.add_lora(y, x, name)
-        return y
+        return super().forward(x, *args, **kwargs)
 
     def add_lora(self, y: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         """y + scale * B(A(dropout(x))), with the scale folded into one fused multiply-add."""
