@@ -236,3 +236,19 @@ def test_get_config_returns_the_config() -> None:
     assert lorakit.get_config(model, "a") is config
     with pytest.raises(AdapterError, match=r"\['a'\]"):
         lorakit.get_config(model, "default")
+
+
+def test_wrapped_layers_expose_the_base_weight_and_bias():
+    """Code written for the plain model reads module.weight (get_input_embeddings().weight, tied-weight checks)."""
+    model = tiny_llama()
+    embed, head = model.get_input_embeddings().weight, model.model.layers[0].self_attn.q_proj
+    base_q_weight = head.weight
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=2, target_modules=["embed_tokens", "q_proj", "o_proj"]))
+    assert isinstance(model.get_input_embeddings(), LoraLayer)
+    assert model.get_input_embeddings().weight is embed
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.weight is base_q_weight and q.bias is q.base_layer.bias
+    # a property, not a parameter: no duplicate in parameters / state_dict, nothing new to train
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.endswith("q_proj.weight") for n in names)
+    assert "model.layers.0.self_attn.q_proj.weight" not in model.state_dict()

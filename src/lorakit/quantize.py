@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.layers.base import LoraLayer
 
 METHODS = ("nf4", "fp4", "int8")
 DTYPES: dict[str, torch.dtype] = {
@@ -215,6 +216,8 @@ def _shared_weights(model: nn.Module) -> set[int]:
     """ids of weights used by more than one module (tied): quantizing one copy would untie them."""
     seen: dict[int, int] = {}
     for module in model.modules():
+        if isinstance(module, LoraLayer):  # its .weight is its base layer's: not a second user
+            continue
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor):
             seen[id(weight)] = seen.get(id(weight), 0) + 1

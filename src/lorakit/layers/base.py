@@ -105,6 +105,16 @@ class LoraLayer(nn.Module):
     def base_weight(self) -> torch.Tensor:
         return self.base_layer.weight
 
+    # Code written for the plain layer reads module.weight / module.bias (transformers' get_input_embeddings().weight,
+    # generation utilities, user code); the wrapper answers with the base layer's, as PEFT's wrappers do.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
     @property
     def base_shape(self) -> tuple[int, ...]:
         return weight_shape(self.base_layer)
