@@ -252,3 +252,15 @@ def test_wrapped_layers_expose_the_base_weight_and_bias():
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.endswith("q_proj.weight") for n in names)
     assert "model.layers.0.self_attn.q_proj.weight" not in model.state_dict()
+
+
+def test_bias_all_leaves_the_replaced_head_frozen() -> None:
+    """With modules_to_save the original head no longer runs: its bias would count as trainable and never learn."""
+    model = tiny_bert_seq_cls()
+    lorakit.add_adapter(model, cfg(target_modules=["query"], bias="all", modules_to_save=["classifier"]))
+    head = model.classifier
+    assert head.modules_to_save["default"].bias.requires_grad
+    assert not head.original_module.bias.requires_grad
+    trained = {n for n in trainable_names(model) if n.endswith("bias")}
+    frozen = {n for n, _ in model.named_parameters() if n.endswith("bias")} - trained
+    assert frozen == {"classifier.original_module.bias"}

@@ -147,7 +147,8 @@ def _apply_bias_mode(model: nn.Module, config: LoraConfig) -> None:
         return
     if config.bias == "all":
         for name, param in model.named_parameters():
-            if name.endswith("bias") and "lora_" not in name:
+            # not the original head kept beside a modules_to_save copy: it no longer runs, so it gets no gradient
+            if name.endswith("bias") and "lora_" not in name and ".original_module." not in name:
                 param.requires_grad_(True)
     else:  # lora_only
         for _, layer in lora_layers(model):
