@@ -81,3 +81,29 @@ def test_merged_mean_pooling_classifier_is_an_encoder_plus_its_head(tmp_path):
         reference = load_model(ModelConfig(task="seq-cls", pooling="mean"), tmp_path / "tiny-bert", ["cat", "dog"])
         lorakit.load_adapter(reference, run)
         torch.testing.assert_close(logits, reference.eval()(ids).logits)
+
+
+def test_a_qlora_run_merges_from_the_base_it_was_trained_on(tmp_path, capsys):
+    pytest.importorskip("bitsandbytes")
+    from lorakit.train.data_formats import ALPACA_PROMPT
+    from lorakit.train.trainer import Trainer
+    from tests.train.runs import ANIMALS, COLORS
+
+    words = [" ".join(COLORS + ANIMALS + ["what", "color", "is", "the"]), ALPACA_PROMPT]
+    make_tiny_model(tmp_path / "tiny-llama", "llama", words, hidden_size=64)  # 4-bit blocks of 64 inputs
+    cfg = config_of(make_run(tmp_path, model={"quantization": "nf4", "compute_dtype": "float32"},
+                             lora={"target_modules": ["q_proj", "v_proj", "down_proj"]}, training={"max_steps": 4}))
+    trainer = Trainer(cfg)
+    run = trainer.train().output_dir
+    with torch.no_grad():
+        trained = trainer.raw.eval()(IDS).logits  # the adapter on the nf4 base: what the run produced
+    assert main(["merge", str(tmp_path / "tiny-llama"), str(run), str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out
+    assert "trained on a nf4 base; merging into its exact dequantization" in printed and "KL" in printed
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")(IDS).logits
+        torch.testing.assert_close(merged, trained, rtol=1e-4, atol=1e-4)
+        base, fp = str(tmp_path / "tiny-llama"), str(tmp_path / "fp")
+        assert main(["merge", base, str(run), fp, "--full-precision-base"]) == 0
+        full = AutoModelForCausalLM.from_pretrained(tmp_path / "fp")(IDS).logits
+        assert (full - trained).abs().max() > 1e-3  # the original weights are not the model the adapter learned on

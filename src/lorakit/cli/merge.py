@@ -7,6 +7,11 @@ SEQ_2_SEQ_LM -> AutoModelForSeq2SeqLM), else the base checkpoint's architecture,
 classification head (modules_to_save) is merged too. For a mean-pooling classifier (the demo), OUT holds the
 merged encoder (AutoModel) and the head as classifier.safetensors.
 
+A QLoRA run (model.quantization in its train_config.yaml) trained its adapter on the quantized base, so that is
+what the merge starts from: the base is loaded quantized as in training, dequantized exactly, the adapter merged
+into it, and a report compares the merged model's logits with the adapter model's (lorakit.merge_report).
+--full-precision-base merges into the original weights instead (not the model the adapter was trained with).
+
 examples:
   lorakit merge ./tiny-llama runs/alpaca ./tiny-llama-merged
   lorakit merge /path/to/base runs/cls merged-cls --task seq-cls --dtype bfloat16
@@ -30,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype of the written weights (the merge itself runs in float32)")
     parser.add_argument("--safe-merge", action="store_true", help="check for NaN/Inf before writing the weights")
     parser.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
+    parser.add_argument("--full-precision-base", action="store_true",
+                        help="QLoRA runs: merge into the unquantized base weights instead of the dequantized ones")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out} exists and is not empty; choose another directory or pass --overwrite")
     base_path = resolve_model_path(args.base)
     model_cfg, labels = model_config_for_adapter(Path(args.adapter), args.task, base_path)
+    if model_cfg is not None and args.full_precision_base:
+        model_cfg.quantization = None
     if model_cfg is None:
         from transformers import AutoModel
 
@@ -57,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_model(model_cfg, base_path, labels)
     lorakit.load_adapter(model, args.adapter)
-    merged = lorakit.merge_and_unload(model, safe_merge=args.safe_merge)
+    if model_cfg is not None and model_cfg.quantization:
+        from lorakit.merge_report import merge_with_report
+
+        print(f"lorakit merge: the adapter was trained on a {model_cfg.quantization} base; merging into its exact "
+              "dequantization (--full-precision-base: the original weights)")
+        merged, _ = merge_with_report(model, mode="dequantize", safe_merge=args.safe_merge)
+    else:
+        merged = lorakit.merge_and_unload(model, safe_merge=args.safe_merge)
     merged.to(getattr(torch, args.dtype))
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(merged, "encoder") and not hasattr(merged, "save_pretrained"):  # MeanPoolClassifier

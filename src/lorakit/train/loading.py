@@ -231,7 +231,11 @@ def model_config_for_adapter(adapter_dir: Path, task: str = "auto",
         task = task or (task_of_checkpoint(base) if base is not None else "base")
     if task == "base":
         return None, None
-    pooling = model_section.get("pooling", "auto") if model_section.get("task") == task else "auto"
+    same_run = model_section.get("task") == task
+    pooling = model_section.get("pooling", "auto") if same_run else "auto"
+    # a QLoRA run: the base as it was trained (quantized), so a merge can report how far it moves the outputs
+    quant = {k: model_section[k] for k in ("quantization", "compute_dtype", "double_quant")
+             if same_run and model_section.get(k) is not None}
     if task == "seq-cls" and not labels:
         heads = [t for k, t in tensors.items() if k.endswith((".classifier.weight", ".score.weight",
                                                                ".classifier.out_proj.weight"))]
@@ -239,4 +243,4 @@ def model_config_for_adapter(adapter_dir: Path, task: str = "auto",
             raise ConfigError(f"{adapter_dir}: a seq-cls adapter without a saved classification head "
                               "(modules_to_save); cannot tell the number of labels")
         labels = [f"LABEL_{i}" for i in range(heads[0].shape[0])]
-    return ModelConfig(task=task, pooling=pooling), labels
+    return ModelConfig(task=task, pooling=pooling, **quant), labels
