@@ -219,3 +219,37 @@ def test_mistakes_raise_clear_errors():
     lorakit.merge_adapter(model, ["a"])
     with pytest.raises(AdapterError, match="merged into the base weights"):
         lorakit.mixed_adapters(model, ["a", "b"]).__enter__()
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_a_plan_is_reused_across_blocks_until_an_adapter_changes(dora):
+    from lorakit.inject import lora_layers
+    from lorakit.mixed import clear_plan_cache
+
+    model = _adapters(tiny_llama(), dora=dora)
+    rows = ["a", "c", None, "b"]
+    ids = token_ids(len(rows), 7)
+
+    def run():
+        with torch.no_grad(), lorakit.mixed_adapters(model, rows) as plan:
+            return plan, model(ids).logits
+
+    first, out1 = run()
+    second, out2 = run()
+    assert second is first and torch.equal(out1, out2)  # same rows, nothing changed: the stacked weights reused
+    with lorakit.mixed_adapters(model, ["a"] * 4) as other:
+        assert other is not first  # other rows: another plan
+    layer = next(layer for _, layer in lora_layers(model) if "c" in layer.r)
+    with torch.no_grad():
+        layer.lora_B["c"].weight.mul_(3.0)  # an in-place edit (an optimizer step, a load) must be seen
+    third, out3 = run()
+    assert third is not first
+    for i, adapter in enumerate(rows):
+        torch.testing.assert_close(out3[i:i + 1], _alone(model, ids, i, adapter))
+    layer.set_scale("c", 0.1)  # a scale change too
+    fourth, out4 = run()
+    assert fourth is not third
+    for i, adapter in enumerate(rows):
+        torch.testing.assert_close(out4[i:i + 1], _alone(model, ids, i, adapter))
+    clear_plan_cache(model)
+    assert run()[0] is not fourth

@@ -286,7 +286,10 @@ def mixed_adapters(model: nn.Module, row_adapters: Sequence[RowSpec],
                    row_cache_bytes: int = ROW_CACHE_BYTES) -> Iterator[MixedPlan]:
     """Inside the block, row i of every batch runs with `row_adapters[i]`: an adapter name, None (the base model),
     or a list of (name, weight) pairs / a {name: weight} dict (the weighted sum of those adapters' outputs). Works
-    around `model(...)` and `model.generate(...)`; the model's active adapters are ignored inside. Inference only."""
+    around `model(...)` and `model.generate(...)`; the model's active adapters are ignored inside. Inference only.
+
+    The stacked row weights of the last block stay with the model, and the next block with the same rows reuses
+    them unless an adapter tensor or scale changed in between; `clear_plan_cache(model)` frees them."""
     entries = parse_rows(row_adapters, list(adapter_configs(model)))
     names = list(dict.fromkeys(n for row in entries for n, _ in row))
     modules = list(model.named_modules())  # one walk over the model: entering stays cheap next to a forward
@@ -298,8 +301,51 @@ def mixed_adapters(model: nn.Module, row_adapters: Sequence[RowSpec],
                 if t.requires_grad]
         return [n for n in names if any(to_file_key(key, n) for key in keys)]
 
-    with use_plan(layers, MixedPlan(entries, model_row_weights, row_cache_bytes, trainable)) as plan:
+    plan = _reusable_plan(model, layers, entries, names, row_cache_bytes)
+    plan._trainable = trainable
+    with use_plan(layers, plan):
         yield plan
+
+
+PLAN_ATTR = "_lorakit_mixed_plan"  # in model.__dict__: (state, plan) of the last mixed_adapters block
+
+
+def _reusable_plan(model: nn.Module, layers: Sequence[LoraLayer], entries: Entries, names: Sequence[str],
+                   row_cache_bytes: int) -> MixedPlan:
+    """The previous block's plan when the rows are the same and no adapter tensor changed since (a loop of
+    `with mixed_adapters(model, rows): model(...)` then stacks the row weights once, not every call); else new."""
+    tensors = _adapter_state(layers, names)
+    state = (row_cache_bytes, [list(row) for row in entries], tensors)
+    previous = model.__dict__.get(PLAN_ATTR)
+    if tensors is not None and previous is not None and previous[0] == state:
+        return previous[1]
+    plan = MixedPlan(entries, model_row_weights, row_cache_bytes)
+    if tensors is None:
+        model.__dict__.pop(PLAN_ATTR, None)
+    else:
+        model.__dict__[PLAN_ATTR] = (state, plan)
+    return plan
+
+
+def _adapter_state(layers: Sequence[LoraLayer], names: Sequence[str]) -> tuple | None:
+    """Everything the row weights are made of: each layer's tensors (identity and in-place version, so an
+    optimizer step or a load into them shows) and the adapters' scales. None when it cannot be known."""
+    state = []
+    for layer in layers:
+        used = [n for n in names if n in layer.r]
+        if not used:
+            continue
+        state.append((id(layer), tuple((n, layer.scaling[n], n in layer.lora_variant) for n in used)))
+        for tensor in layer.parameters():
+            if tensor.is_inference():  # no version counter: changes cannot be seen, so never reuse
+                return None
+            state.append((tensor.data_ptr(), tensor._version))
+    return tuple(state)
+
+
+def clear_plan_cache(model: nn.Module) -> None:
+    """Drop the row weights the last mixed_adapters block kept for reuse (they are rebuilt when next needed)."""
+    model.__dict__.pop(PLAN_ATTR, None)
 
 
 def _check_usable(copies: Sequence[tuple[str, TrainableCopy]], layers: Sequence[LoraLayer],
