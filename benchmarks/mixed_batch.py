@@ -2,8 +2,10 @@
 against PEFT's `adapter_names=` mixed batch, in the same process, same weights, interleaved rounds.
 
 Model: Llama h512 / ffn 1376 / 8 layers / vocab 8192, batch 8 x 128 tokens, r=16 adapters on all linear layers.
-lorakit is timed twice: entering `mixed_adapters` around each call (the plan, i.e. the per-row weights, built every
-time) and with the plan kept (as during generate's steps, or a server's decode steps). Also measured: one decode
+lorakit is timed three ways: entering `mixed_adapters` around each call with the rows of the previous call (a loop
+over batches; the plan, i.e. the per-row weights stacked for these rows, is reused), entering it with rows it has
+not seen (the plan built every time), and with the plan kept on the layers (generate's steps, a server's decode
+steps). Also measured: one decode
 step (batch 8, one token, 128 cached) and the adapter cache's swap-in of one adapter.
 
     python benchmarks/mixed_batch.py                    # full: 10 rounds (a few minutes on 2 cores)
@@ -61,23 +63,29 @@ def rows_for(k: int, batch: int) -> list[str]:
 
 
 def prefill(base, model, peft_model, ids, rounds: int, clock: str):
-    """Per k: lorakit entering `mixed_adapters` for each call (plan built every time), lorakit with the plan kept
-    (as during generate's steps or a server's decode steps), PEFT's adapter_names."""
+    """Per k: lorakit entering `mixed_adapters` for each call with the previous call's rows (plan reused), with new
+    rows (plan built), with the plan kept on the layers (generate's / a server's steps); PEFT's adapter_names."""
+    from lorakit.mixed import clear_plan_cache
+
     layers = [layer for _, layer in lorakit.inject.lora_layers(model)]
-    fns, plans = {"base": lambda: base(ids)}, {}
+    fns, plans, warm = {"base": lambda: base(ids)}, {}, {}
     for k in DISTINCT:
         rows = rows_for(k, ids.shape[0])
-        fns[f"lorakit k={k}"] = lambda rows=rows: _mixed(model, rows, ids)
+        fns[f"lorakit k={k}"] = warm[f"lorakit k={k}"] = lambda rows=rows: _mixed(model, rows, ids)
+        fns[f"lorakit k={k}, new rows"] = lambda rows=rows: _mixed(model, rows, ids)
         plans[f"lorakit k={k}, plan kept"] = MixedPlan([[(r, 1.0)] for r in rows], model_row_weights)
         fns[f"lorakit k={k}, plan kept"] = lambda: model(ids)
         fns[f"peft k={k}"] = lambda rows=rows: peft_model(ids, adapter_names=rows)
     fns["lorakit one adapter (plain forward)"] = lambda: model(ids)
 
-    def before(name: str) -> None:  # untimed: put the kept plan on the layers (or none, or the active adapter)
+    def before(name: str) -> None:  # untimed: the kept plan on the layers (or none, or the active adapter)
         plan = plans.get(name)
         for layer in layers:
             layer.mixed_rows = plan
         lorakit.set_adapter(model, "a0")
+        clear_plan_cache(model)
+        if name in warm:  # the previous call had the same rows (a loop over batches)
+            warm[name]()
 
     try:
         return interleave(fns, rounds, clock, before=before)
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
            f"run {time.perf_counter() - started:.0f} s",
            f"physical bound of LoRA's extra FLOPs (prefill): +{100 * bound:.1f}%", "",
            "prefill (k = distinct adapters among the 8 rows):"]
-    names = ["base"] + [f"lorakit k={k}{kept}" for kept in ("", ", plan kept") for k in DISTINCT]
+    names = ["base"] + [f"lorakit k={k}{kept}" for kept in ("", ", new rows", ", plan kept") for k in DISTINCT]
     names += [f"peft k={k}" for k in DISTINCT]
     out += table(pre, "base", [*names, "lorakit one adapter (plain forward)"])
     out += ["", "decode step (8 rows, 1 token, 128 cached):"]
