@@ -122,6 +122,15 @@ def forward_bound(spec: LlamaSpec, r: int, seq: int) -> float:
     return spec.layers * lora_macs(spec, r) / base
 
 
+def lora_step_over_floor(spec: LlamaSpec, r: int, seq: int) -> float:
+    """FLOPs of a LoRA step computed as the plain formula (three low-rank products per adapted layer: forward,
+    input grad, weight grads) over those of the floor (the same step with no adapter work)."""
+    blocks, attn = spec.layers * block_macs(spec), spec.layers * attention_macs(spec, seq)
+    first_inputs = sum(i * o for n, i, o in linear_shapes(spec) if n not in ("o_proj", "down_proj"))
+    floor = 2 * (blocks + head_macs(spec)) - first_inputs + 3 * attn
+    return 1 + 3 * spec.layers * lora_macs(spec, r) / floor
+
+
 def train_speedup_bound(spec: LlamaSpec, r: int, seq: int) -> float:
     """FLOPs of a full fine-tuning step over those of a LoRA step (forward + backward).
 
