@@ -11,10 +11,8 @@ from benchmarks.rows.common import assert_same_logits, describe, infer_setup
 
 UNMERGED = "unmerged LoRA forward / base forward"
 MERGED = "merged LoRA forward / base forward"
-BF16_NOTE = ("both libraries keep a bf16 base's adapters in fp32. PEFT runs their products at fp32 speed (about 4x "
-             "slower per FLOP than bf16 matmuls on this CPU) on an fp32 copy of x; lorakit, with this many tokens, "
-             "forms W + s B A in fp32 and rounds it once to bf16 (the rounding of a merged bf16 model: outputs within "
-             "bf16 tolerance of PEFT's, checked above), then runs one bf16 matmul")
+BF16_NOTE = ("both libraries keep a bf16 base's adapters in fp32: their products run at fp32 speed (about 4x slower "
+             "per FLOP than bf16 matmuls on this CPU) after a cast of x, which the FLOP bound does not count")
 
 
 def cases(settings: Settings) -> list[tuple[models.LlamaSpec, torch.dtype]]:

@@ -105,27 +105,13 @@ def test_inference_path_with_two_adapters_of_different_ranks_and_lora_bias(lead)
 
 
 @PATHS
-@pytest.mark.parametrize("lora_bias", [False, True])
-def test_inference_path_on_bf16_base_rounds_once(lead, lora_bias) -> None:
-    layer = make_layer(("a", 4), ("b", 2), dtype=torch.bfloat16, lora_bias=lora_bias)  # fp32 adapters
-    for name in ("a", "b") if lora_bias else ():
-        nn.init.normal_(layer.lora_B[name].bias)
-    x = torch.randn(*lead, 12, dtype=torch.bfloat16)
+def test_inference_path_on_bf16_base_rounds_once(lead) -> None:
+    layer = make_layer(("a", 4), ("b", 2), dtype=torch.bfloat16)  # fp32 adapters: updates summed in fp32
+    x = torch.randn(*lead, 12, dtype=torch.bfloat16)  # never merged: that would round the adapter into bf16
     with torch.no_grad():
         y = layer(x)
     assert y.dtype == torch.bfloat16
-    want = reference(layer, x)[0]
-    if lead == FEW:  # the products in fp32 on the base output, rounded once: the plain formula
-        torch.testing.assert_close(y, want)
-    else:  # within bf16 rounding of it (one rounding of the merged weight instead of one of the output)...
-        torch.testing.assert_close(y.float(), want.float(), rtol=2e-2, atol=2e-2)
-        # ...and exactly: W + sum s B A formed in fp32, rounded once to bf16, then one bf16 matmul
-        w, b = layer.base_layer.weight.float(), layer.base_layer.bias.float()
-        for name in ("a", "b"):
-            w = w + layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight
-            if lora_bias:
-                b = b + layer.scaling[name] * layer.lora_B[name].bias
-        torch.testing.assert_close(y, F.linear(x, w.bfloat16(), b.bfloat16()), rtol=0, atol=0)
+    torch.testing.assert_close(y, reference(layer, x)[0])
 
 
 @PATHS

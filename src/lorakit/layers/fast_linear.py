@@ -6,9 +6,7 @@ Two ways to compute the adapter term of a frozen nn.Linear, chosen per call by `
 - factored: h = x A^T (tokens, r), then y.addmm_(h, B^T, alpha=s) into the fresh base output, in place:
   tokens * r * (in + out) multiply-adds and no (tokens, out) temporary;
 - merged for this call: y = x (W + s B A)^T, with W + s B A a temporary: out * in * r multiply-adds, fewer
-  when many tokens go through a narrow layer (prefill, training batches). W itself is never modified. Over a
-  16-bit base with fp32 adapters the sum is formed in fp32 and rounded once to the base's dtype (the rounding a
-  merged 16-bit model has), instead of running the adapter's products in fp32 on an upcast copy of x.
+  when many tokens go through a narrow layer (prefill, training batches). W itself is never modified.
 Training over a frozen nn.Linear with one live adapter runs as one custom autograd node (lora_autograd.py).
 Dropout up to SPARSE_MAX_P runs on the dropped entries only (sparse_dropout.py); its forward stays factored.
 Anything else (a variant such as DoRA, a quantized or hooked base, autocast, several adapters in training,
@@ -125,12 +123,11 @@ def _inference_forward(layer: LoraLinear, x: torch.Tensor, names: tuple[str, ...
 
 
 def _can_merge(layer: LoraLinear, names: tuple[str, ...], x2: torch.Tensor) -> bool:
-    """x in the base's dtype, every adapter in one floating dtype at least as wide (a 16-bit base's adapters are
-    fp32), and no dropout drawing now (it applies to the adapter's input only)."""
+    """Every adapter in the base's dtype (a 16-bit base keeps fp32 adapters: merging would round them) and no
+    dropout drawing now (it applies to the adapter's input only)."""
     dtype = layer.base_layer.weight.dtype
-    wide = layer.lora_A[names[0]].weight.dtype
-    return x2.dtype == dtype and wide.is_floating_point and torch.finfo(wide).bits >= torch.finfo(dtype).bits and all(
-        layer.lora_A[n].weight.dtype == wide == layer.lora_B[n].weight.dtype
+    return x2.dtype == dtype and all(
+        layer.lora_A[n].weight.dtype == dtype == layer.lora_B[n].weight.dtype
         and dropout_rate(layer.lora_dropout[n]) == 0.0
         for n in names
     )
@@ -139,20 +136,17 @@ def _can_merge(layer: LoraLinear, names: tuple[str, ...], x2: torch.Tensor) -> b
 def _merged_weights(
     layer: LoraLinear, names: tuple[str, ...], weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """W + sum s B A and b + sum s b_B, as temporaries for this call, summed in the adapters' dtype and rounded
-    once to the base's."""
-    merged, dtype = None, weight.dtype
+    """W + sum s B A and b + sum s b_B, as temporaries for this call."""
+    merged = None
     for name in names:
         lora_a, lora_b, scale = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
-        if merged is None and lora_a.weight.dtype == dtype:
+        if merged is None:
             merged = torch.addmm(weight, lora_b.weight, lora_a.weight, alpha=scale)  # (out, in), W untouched
         else:
-            merged = weight.to(lora_a.weight.dtype) if merged is None else merged  # a fresh wide copy of W
             merged.addmm_(lora_b.weight, lora_a.weight, alpha=scale)
         if lora_b.bias is not None:
-            wide = bias.to(lora_b.bias.dtype) if bias is not None else None
-            bias = lora_b.bias * scale if wide is None else torch.add(wide, lora_b.bias, alpha=scale)
-    return merged.to(dtype), None if bias is None else bias.to(dtype)
+            bias = lora_b.bias * scale if bias is None else torch.add(bias, lora_b.bias, alpha=scale)
+    return merged, bias
 
 
 def _project(dropout: nn.Module, x2: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
