@@ -219,16 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     spec, (batch, seq) = (TINY, (QUICK_BATCH * 4, QUICK_SEQ)) if args.quick else (SMALL, (INFER_BATCH, INFER_SEQ))
     load_before, started = os.getloadavg(), time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        base, model, peft_model = make_models(spec, args.rank, folder)
+        base, model, peft_model = make_models(spec, args.rank, folder)  # outside inference mode (see rows/mixed.py)
         ids = make_ids(spec, batch, seq)
-        rows = rows_for(8, batch)
-        mixed, reference = _mixed(model, rows, ids).logits, peft_model(ids, adapter_names=rows).logits
-        torch.testing.assert_close(mixed, reference)  # same numbers before any timing
-        pre = prefill(base, model, peft_model, ids, args.rounds, args.clock)
-        dec = decode(base, model, peft_model, ids, args.rounds, args.clock)
-        swaps = swap(base, folder, ids, max(3, args.rounds // 2))
+        with torch.inference_mode():
+            rows = rows_for(8, batch)
+            mixed, reference = _mixed(model, rows, ids).logits, peft_model(ids, adapter_names=rows).logits
+            torch.testing.assert_close(mixed, reference)  # same numbers before any timing
+            pre = prefill(base, model, peft_model, ids, args.rounds, args.clock)
+            dec = decode(base, model, peft_model, ids, args.rounds, args.clock)
+            swaps = swap(base, folder, ids, max(3, args.rounds // 2))
     bound = forward_bound(spec, args.rank, seq)
     out = [f"command: python benchmarks/mixed_batch.py {' '.join(argv if argv is not None else sys.argv[1:])}",
            f"model: {spec.name}, batch {batch} x {seq}, r={args.rank} on all linear layers, {ADAPTERS} adapters; "
