@@ -64,7 +64,7 @@ def add_adapter(
         raise AdapterError(
             f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first"
         )
-    from lorakit.io.rollback import restore_on_error  # imported here: rollback builds on this module
+    from lorakit.rollback import restore_on_error  # imported here: rollback builds on this module
 
     first = not configs
     with restore_on_error(model, adapter_name, config):  # a failure half-way leaves the model as it was

@@ -26,7 +26,7 @@ from lorakit.inject import default_targets, lora_layers, trainable_copies
 from lorakit.io.atomic import recover_backup, replace_files
 from lorakit.io.fingerprint import check_fingerprint, fingerprint
 from lorakit.io.keys import base_bias_file_key, layer_path_of, model_key_candidates, tensor_role, to_file_key
-from lorakit.io.rollback import restore_on_error
+from lorakit.rollback import restore_on_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

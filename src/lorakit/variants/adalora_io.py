@@ -28,7 +28,7 @@ from lorakit.io.atomic import replace_files
 from lorakit.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, resolve_directory
 from lorakit.io.fingerprint import check_fingerprint, fingerprint
 from lorakit.io.keys import PREFIX, model_key_candidates, to_file_key
-from lorakit.io.rollback import restore_on_error
+from lorakit.rollback import restore_on_error
 from lorakit.variants.adalora import AdaLoraConfig, adalora_layers
 
 SVD_PARTS = ("lora_A", "lora_E", "lora_B")
