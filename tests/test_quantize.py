@@ -201,3 +201,11 @@ def test_transformers_4bit_model_is_read_and_prepared(tmp_path) -> None:
     warned = any("compute with wrong weights on CPU" in str(w.message) for w in caught)
     assert warned == cpu_4bit_kernel_is_wrong(32, 64, torch.device("cpu"))  # hidden size 32 < blocksize 64
     assert logits(model, token_ids()).isfinite().all()  # bitsandbytes' CPU eval path would crash here otherwise
+
+
+def test_quantize_model_is_reachable_from_the_package() -> None:
+    import lorakit
+    from lorakit.merge_report import merge_with_report
+    from lorakit.quantize import quantize_model
+
+    assert lorakit.quantize_model is quantize_model and lorakit.merge_with_report is merge_with_report

@@ -61,3 +61,16 @@ __all__ = [
     "unload",
     "unmerge_adapter",
 ]
+
+_LAZY = {  # optional dependencies (bitsandbytes): imported on first use, so `import lorakit` never needs them
+    "quantize_model": "lorakit.quantize",
+    "merge_with_report": "lorakit.merge_report",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
