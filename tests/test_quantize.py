@@ -203,6 +203,18 @@ def test_transformers_4bit_model_is_read_and_prepared(tmp_path) -> None:
     assert logits(model, token_ids()).isfinite().all()  # bitsandbytes' CPU eval path would crash here otherwise
 
 
+def test_transformers_4bit_model_counts_its_packed_weights_before_any_adapter(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    import lorakit
+
+    full = tiny_llama(hidden_size=64, intermediate_size=128)
+    full.save_pretrained(tmp_path)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=config, device_map="cpu")
+    assert lorakit.count_parameters(model)[1] == sum(p.numel() for p in full.parameters())
+
+
 def test_quantize_model_is_reachable_from_the_package() -> None:
     import lorakit
     from lorakit.merge_report import merge_with_report

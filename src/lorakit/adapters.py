@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from lorakit.config import LoraConfig
@@ -265,11 +267,21 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters; packed 4-bit weights count as the parameters they hold."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel() * getattr(param, "lorakit_pack_factor", 1)
+        n = _logical_numel(param)
         total += n
         if param.requires_grad:
             trainable += n
     return trainable, total
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    """Parameters a tensor holds: a packed 4-bit weight (bitsandbytes' Params4bit, from lorakit.quantize or from
+    transformers' BitsAndBytesConfig) stores two per byte in a flat uint8 tensor; its quant_state knows the shape."""
+    factor = getattr(param, "lorakit_pack_factor", None)
+    if factor is not None:
+        return param.numel() * factor
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else param.numel()
 
 
 def print_trainable_parameters(model: nn.Module) -> str:
