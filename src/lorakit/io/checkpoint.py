@@ -227,12 +227,10 @@ def load_adapter(
     if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):  # it also names a folder
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
     inner = unwrap_model(model)
-    if _peft_type(resolve_directory(Path(path), adapter_name)) == "ADALORA":  # SVD triplets: their own reader
-        from lorakit.variants.adalora_io import load_adalora
-
-        load_adalora(inner, path, adapter_name, trainable=trainable, activate=activate)
-        return model
     config, extra, tensors, directory = read_adapter(path, adapter_name, allow_pickle)
+    copy_tensors = _copy_into_model
+    if config.peft_type == "ADALORA":  # SVD triplets under their own keys
+        from lorakit.variants.adalora_io import copy_adalora_tensors as copy_tensors
     source = f"adapter {directory}"
     if adapter_name in adapter_configs(inner):
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
@@ -244,17 +242,8 @@ def load_adapter(
             add_adapter(inner, config, adapter_name, activate=activate)
         except (ConfigError, TargetError) as exc:  # the file's config does not fit this model
             raise AdapterFileError(f"{source}: {exc}") from None
-        _copy_into_model(inner, tensors, adapter_name, source)
+        copy_tensors(inner, tensors, adapter_name, source)
     return model
-
-
-def _peft_type(directory: Path) -> str | None:
-    """adapter_config.json's peft_type, or None when the file cannot tell (read_adapter then explains why)."""
-    try:
-        values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return values.get("peft_type") if isinstance(values, dict) else None
 
 
 def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:

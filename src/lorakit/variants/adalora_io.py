@@ -16,19 +16,17 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from lorakit import __version__
-from lorakit.adapters import adapter_configs, add_adapter, get_config
+from lorakit.adapters import get_config
 from lorakit.errors import AdapterFileError, LorakitError
 from lorakit.inject import default_targets, trainable_copies
 from lorakit.io.atomic import replace_files
 from lorakit.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, resolve_directory
-from lorakit.io.fingerprint import check_fingerprint, fingerprint
+from lorakit.io.fingerprint import fingerprint
 from lorakit.io.keys import PREFIX, model_key_candidates, to_file_key
-from lorakit.rollback import restore_on_error
 from lorakit.variants.adalora import AdaLoraConfig, adalora_layers
 
 SVD_PARTS = ("lora_A", "lora_E", "lora_B")
@@ -112,39 +110,18 @@ def _layer_path(key: str, adapter_name: str) -> str:
 
 def load_adalora(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
                  trainable: bool = False, activate: bool = True) -> nn.Module:
-    """Load an AdaLoRA adapter (PEFT's or lorakit's) onto `model`; the model is untouched if anything fails."""
+    """Load an AdaLoRA adapter (PEFT's or lorakit's) onto `model`; the model is untouched if anything fails.
+    lorakit.load_adapter does the same for any file; this one refuses a file that is not AdaLoRA."""
+    from lorakit.io.checkpoint import load_adapter
+
     directory = resolve_directory(Path(path), adapter_name)
     try:
-        values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(f"{directory / CONFIG_NAME} could not be read as JSON ({exc})") from None
-    config, extra = read_adalora_config(values, adapter_name)
-    tensors = _read_tensors(directory / WEIGHTS_NAME, extra.get("lorakit_weights_sha256"))
-    source = f"adapter {directory}"
-    if adapter_name in adapter_configs(model):
-        raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
-    if extra.get("lorakit_fingerprint"):
-        check_fingerprint(extra["lorakit_fingerprint"], model, source)
-    config.inference_mode = not trainable
-    with restore_on_error(model, adapter_name, config):
-        try:
-            add_adapter(model, config, adapter_name, activate=activate)
-        except LorakitError as exc:
-            raise AdapterFileError(f"{source}: {exc}") from None
-        _copy_tensors(model, tensors, adapter_name, source)
-    return model
-
-
-def _read_tensors(weights_path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    if not weights_path.is_file():
-        raise AdapterFileError(f"no adapter weights: {weights_path} does not exist")
-    data = weights_path.read_bytes()
-    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise AdapterFileError(f"{weights_path} does not match the checksum in its {CONFIG_NAME}; save it again")
-    try:
-        return safetensors_load(data)
-    except Exception as exc:  # safetensors raises its own error types
-        raise AdapterFileError(f"{weights_path} is corrupt or truncated ({exc})") from None
+        peft_type = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("peft_type")
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError, AttributeError) as exc:
+        raise AdapterFileError(f"{directory / CONFIG_NAME} could not be read as a JSON object ({exc})") from None
+    if peft_type != "ADALORA":
+        raise AdapterFileError(f"{directory}: peft_type={peft_type!r}: not an AdaLoRA adapter ('ADALORA')")
+    return load_adapter(model, path, adapter_name, trainable=trainable, activate=activate)
 
 
 def _model_key(file_key: str, adapter_name: str, saved: frozenset[str]) -> tuple[str, ...]:
@@ -155,7 +132,9 @@ def _model_key(file_key: str, adapter_name: str, saved: frozenset[str]) -> tuple
     return model_key_candidates(file_key, adapter_name, saved)
 
 
-def _copy_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+def copy_adalora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str,
+                         source: str) -> None:
+    """Copy an AdaLoRA file's tensors into the adapter load_adapter has just added (shapes checked)."""
     params = dict(model.state_dict(keep_vars=True))
     saved = frozenset(p for p, _ in trainable_copies(model))
     expected = {f"{p}.{part}.{adapter_name}" for p, _ in adalora_layers(model, adapter_name) for part in SVD_PARTS}
