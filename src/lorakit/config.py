@@ -164,6 +164,15 @@ class LoraConfig:
             raise ConfigError(f"adapter_config.json: {exc}") from None
 
 
+def settings_from_dict(klass: type, values: dict[str, Any], section: str) -> Any:
+    """A settings dataclass from a mapping; an unknown key is an error that lists the valid ones."""
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} key(s) {unknown}; valid keys: {sorted(known)}")
+    return klass(**values)
+
+
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """Coerce a YAML / command-line value to a field's declared type (YAML reads 3e-4 as a string)."""
     if value is None:

@@ -14,7 +14,6 @@ hold the change of W).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorakit.config import settings_from_dict
 from lorakit.errors import ConfigError, TargetError
 from lorakit.inject import lora_layers
 from lorakit.layers.base import LoraLayer
@@ -45,11 +45,7 @@ class DeltaLoraConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DeltaLoraConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown delta_lora key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "delta_lora")
 
 
 def _low_rank(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]:

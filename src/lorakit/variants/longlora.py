@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.config import LoraConfig
+from lorakit.config import LoraConfig, settings_from_dict
 from lorakit.errors import ConfigError, TargetError
 
 IMPLEMENTATION = "lorakit_s2_attn"
@@ -52,11 +52,7 @@ class LongLoraConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> LongLoraConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown longlora key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "longlora")
 
     def group_for(self, seq_len: int) -> int:
         size = self.group_size or int(seq_len * self.group_size_ratio)
