@@ -25,7 +25,7 @@ from lorakit.errors import ConfigError, TargetError
 from lorakit.inject import lora_layers
 from lorakit.layers.base import AdapterSpec, LoraLayer
 from lorakit.train.hooks import TrainHook
-from lorakit.variants.adalora_layer import AdaLoraLinear
+from lorakit.variants.adalora_layer import AdaLoraLinear, adalora_scaling
 
 try:
     from transformers.pytorch_utils import Conv1D
@@ -91,11 +91,7 @@ class AdaLoraConfig(LoraConfig):
         return self.lora_alpha
 
     def scaling_for(self, module_path: str) -> float:
-        """AdaLoRA's scale: lora_alpha / (init_r + 1e-5) whatever rank a layer keeps (PEFT's; alpha 0 means init_r)."""
-        from lorakit.variants.adalora_layer import RANKNUM_EPS
-
-        alpha = self.lora_alpha if self.lora_alpha > 0 else float(self.init_r)
-        return alpha / (self.init_r + RANKNUM_EPS)
+        return adalora_scaling(self.lora_alpha, self.init_r)  # the same for every layer, whatever rank it keeps
 
     def inject_layer(self, module: nn.Module, path: str, adapter_name: str) -> LoraLayer:
         """Wrap `module` in an AdaLoraLinear (or reuse one) and add the adapter. Called by lorakit.inject."""

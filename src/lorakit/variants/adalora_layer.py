@@ -20,6 +20,13 @@ from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
 RANKNUM_EPS = 1e-5  # PEFT divides by ranknum + 1e-5; kept so outputs agree to the last bit that matters
 
 
+def adalora_scaling(lora_alpha: float, ranknum: int) -> float:
+    """AdaLoRA's scale, lora_alpha / (ranknum + 1e-5) with ranknum = init_r whatever rank a layer keeps (PEFT's;
+    lora_alpha 0 means ranknum)."""
+    alpha = lora_alpha if lora_alpha > 0 else float(ranknum)
+    return alpha / (ranknum + RANKNUM_EPS)
+
+
 class AdaLoraLinear(LoraLayer):
     """y = base(x) + scaling * (dropout(x) @ (Q ⊙ Λ)ᵀ) @ Pᵀ, scaling = lora_alpha / (ranknum + 1e-5)"""
 
@@ -45,8 +52,7 @@ class AdaLoraLinear(LoraLayer):
     def add_svd_adapter(self, name: str, spec: AdapterSpec, ranknum: int) -> None:
         super().add_adapter(name, spec)
         self.ranknum[name] = ranknum
-        alpha = spec.lora_alpha if spec.lora_alpha > 0 else float(ranknum)  # PEFT: lora_alpha 0 means r
-        self.scaling[name] = alpha / (ranknum + RANKNUM_EPS)
+        self.scaling[name] = adalora_scaling(spec.lora_alpha, ranknum)
 
     def create_weights(self, name: str, spec: AdapterSpec, dtype: torch.dtype, device: torch.device) -> None:
         self.lora_A[name] = nn.Parameter(torch.empty(spec.r, self.in_features, dtype=dtype, device=device))
