@@ -64,7 +64,7 @@ def save_delta_lora(model: nn.Module, path: str | os.PathLike, hook: DeltaLoraHo
     """Save the Delta-LoRA model as an adapter for the original base (see the module doc); atomic like
     save_adapter. The file records the run's update_ratio and trained rank under lorakit_delta_lora."""
     export, tensors = delta_lora_export(model, hook)
+    folded = bool(hook.anchor)
     extra = {"lorakit_delta_lora": {"update_ratio": hook.config.update_ratio, "start_step": hook.config.start_step,
-                                    "trained_r": get_config(unwrap_model(model), hook.config.adapter_name).r,
-                                    "folded": bool(hook.anchor)}}
+                                    "trained_r": export.r // 2 if folded else export.r, "folded": folded}}
     return write_adapter_files(unwrap_model(model), path, hook.config.adapter_name, export, tensors, extra)
