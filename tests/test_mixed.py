@@ -34,6 +34,12 @@ def _alone(model, ids: torch.Tensor, row: int, adapter) -> torch.Tensor:
     return logits(model, ids[row:row + 1])
 
 
+def assert_rows_alone(model, ids: torch.Tensor, rows, mixed: torch.Tensor) -> None:
+    """Every row of a mixed output equals that row run alone with its adapter."""
+    for i, adapter in enumerate(rows):
+        torch.testing.assert_close(mixed[i:i + 1], _alone(model, ids, i, adapter))
+
+
 @pytest.mark.parametrize("dora", [False, True])
 def test_each_row_equals_the_row_alone(dora):
     model = _adapters(tiny_llama(), dora=dora)
@@ -41,8 +47,7 @@ def test_each_row_equals_the_row_alone(dora):
     ids = token_ids(len(rows), 9)
     with torch.no_grad(), lorakit.mixed_adapters(model, rows):
         mixed = model(ids).logits
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(mixed[i:i + 1], _alone(model, ids, i, adapter))
+    assert_rows_alone(model, ids, rows, mixed)
 
 
 def test_one_adapter_for_every_row_is_the_plain_forward():
@@ -126,8 +131,7 @@ def test_embedding_adapters_mix_per_row():
     ids = token_ids(len(rows), 6)
     with torch.no_grad(), lorakit.mixed_adapters(model, rows):
         mixed = model(ids).logits
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(mixed[i:i + 1], _alone(model, ids, i, adapter))
+    assert_rows_alone(model, ids, rows, mixed)
 
 
 def test_conv1d_fan_in_fan_out_layers_mix_per_row():
@@ -140,8 +144,7 @@ def test_conv1d_fan_in_fan_out_layers_mix_per_row():
     ids = token_ids(len(rows), 6)
     with torch.no_grad(), lorakit.mixed_adapters(model, rows):
         mixed = model(ids).logits
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(mixed[i:i + 1], _alone(model, ids, i, adapter))
+    assert_rows_alone(model, ids, rows, mixed)
 
 
 def test_convolution_layers_mix_per_row():
@@ -244,12 +247,10 @@ def test_a_plan_is_reused_across_blocks_until_an_adapter_changes(dora):
         layer.lora_B["c"].weight.mul_(3.0)  # an in-place edit (an optimizer step, a load) must be seen
     third, out3 = run()
     assert third is not first
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(out3[i:i + 1], _alone(model, ids, i, adapter))
+    assert_rows_alone(model, ids, rows, out3)
     layer.set_scale("c", 0.1)  # a scale change too
     fourth, out4 = run()
     assert fourth is not third
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(out4[i:i + 1], _alone(model, ids, i, adapter))
+    assert_rows_alone(model, ids, rows, out4)
     clear_plan_cache(model)
     assert run()[0] is not fourth
