@@ -58,16 +58,21 @@ def test_gaussian_a_has_std_one_over_r() -> None:
     assert std == pytest.approx(1 / 4, rel=0.05)  # 16,000 samples: the estimate is within ~1%
 
 
-def test_pissa_adapter_is_top_r_svd_part_and_base_keeps_residual() -> None:
+def pissa_case(init: str) -> tuple:
+    """(W, layer made with `init` at r=4 over a base holding W, x, the base's output for x, W's exact top-4 part)."""
     w = spectral_gap_weight()
     base = nn.Linear(12, 10)
     with torch.no_grad():
         base.weight.copy_(w)
     x = torch.randn(5, 12)
     before = base(x)
-    layer = linear_layer("pissa", r=4, alpha=8, base=base)
+    layer = linear_layer(init, r=4, alpha=8, base=base)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    top = u[:, :4] @ torch.diag(s[:4]) @ vh[:4]
+    return w, layer, x, before, u[:, :4] @ torch.diag(s[:4]) @ vh[:4]
+
+
+def test_pissa_adapter_is_top_r_svd_part_and_base_keeps_residual() -> None:
+    w, layer, x, before, top = pissa_case("pissa")
     torch.testing.assert_close(layer.delta_weight("a"), top)
     torch.testing.assert_close(layer.base_layer.weight, w - top)
     torch.testing.assert_close(layer(x), before)
@@ -83,15 +88,7 @@ def test_pissa_splits_singular_values_evenly() -> None:
 
 
 def test_pissa_niter_approximates_top_r_and_keeps_output() -> None:
-    w = spectral_gap_weight()
-    base = nn.Linear(12, 10)
-    with torch.no_grad():
-        base.weight.copy_(w)
-    x = torch.randn(5, 12)
-    before = base(x)
-    layer = linear_layer("pissa_niter_4", r=4, alpha=8, base=base)
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    top = u[:, :4] @ torch.diag(s[:4]) @ vh[:4]
+    w, layer, x, before, top = pissa_case("pissa_niter_4")
     # randomized SVD: close to the exact top-4 part (the gap 5 -> 0.5 makes 4 power iterations converge well)
     torch.testing.assert_close(layer.delta_weight("a"), top, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(layer.base_layer.weight + layer.delta_weight("a"), w)
