@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.train.loss import cross_entropy_sum
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
@@ -45,7 +46,7 @@ class Task:
 
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits, targets = self.logits_and_targets(model, batch)
-        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+        return cross_entropy_sum(logits, targets, ignore_index=IGNORE)
 
 
 class CausalLM(Task):
@@ -58,8 +59,9 @@ class CausalLM(Task):
 
     def logits_and_targets(self, model, batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        vocab = logits.shape[-1]
-        return logits[:, :-1].reshape(-1, vocab), batch["labels"][:, 1:].reshape(-1)  # (b*(s-1), V), (b*(s-1),)
+        # targets shifted left, the last position ignored: the logits are used as they are, never copied
+        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (b*s, V), (b*s,)
 
 
 class Seq2Seq(Task):
