@@ -264,3 +264,48 @@ def test_bias_all_leaves_the_replaced_head_frozen() -> None:
     trained = {n for n in trainable_names(model) if n.endswith("bias")}
     frozen = {n for n, _ in model.named_parameters() if n.endswith("bias")} - trained
     assert frozen == {"classifier.original_module.bias"}
+
+
+# -- autocast_adapter_dtype=False: adapters in a 16-bit base's dtype --------------------------------------------
+def test_16_bit_adapters_keep_the_base_dtype_and_equal_the_formula() -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    base = copy.deepcopy(model)
+    lorakit.add_adapter(model, cfg(target_modules="all-linear"), autocast_adapter_dtype=False)
+    dtypes = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert dtypes == {torch.bfloat16}
+    assert trainable_names(model) == {n for n, _ in model.named_parameters() if "lora_" in n}
+    ids = token_ids()
+    want = logits(with_dense_updates(base.float(), model, {"default": 2.0}), ids)  # exact, from the same weights
+    torch.testing.assert_close(logits(model, ids).float(), want, atol=0.05, rtol=0.05)
+
+
+def test_16_bit_adapters_are_fp32_by_default_and_over_an_fp32_base() -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    lorakit.add_adapter(model, cfg())
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    model = tiny_llama()
+    lorakit.add_adapter(model, cfg(), autocast_adapter_dtype=False)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+
+
+def test_16_bit_dora_is_refused_and_the_model_untouched() -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(AdapterError, match="DoRA adapters stay in fp32"):
+        lorakit.add_adapter(model, cfg(use_dora=True), autocast_adapter_dtype=False)
+    assert not list(lora_layers(model)) and not lorakit.list_adapters(model)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_16_bit_adapters_load_from_a_file_as_the_rounded_fp32_weights(tmp_path) -> None:
+    trained = tiny_llama().to(torch.bfloat16)
+    lorakit.add_adapter(trained, cfg())  # fp32 adapter, as training leaves it
+    lorakit.save_adapter(trained, tmp_path)
+    model = lorakit.load_adapter(tiny_llama().to(torch.bfloat16), tmp_path, autocast_adapter_dtype=False)
+    saved = lorakit.adapter_state_dict(trained)
+    loaded = lorakit.adapter_state_dict(model)
+    assert set(loaded) == set(saved)
+    for key, value in loaded.items():
+        assert value.dtype == torch.bfloat16
+        torch.testing.assert_close(value, saved[key].to(torch.bfloat16), rtol=0, atol=0)

@@ -52,11 +52,15 @@ def _require(model: nn.Module, names: list[str]) -> None:
 
 # -- add / activate / delete -----------------------------------------------------------------------------
 def add_adapter(
-    model: nn.Module, config: LoraConfig, adapter_name: str = "default", activate: bool = True
+    model: nn.Module, config: LoraConfig, adapter_name: str = "default", activate: bool = True,
+    autocast_adapter_dtype: bool = True,
 ) -> nn.Module:
     """Inject adapter `adapter_name` in place (the model keeps its class). Returns the model.
 
-    The first adapter freezes the base model. With `activate`, the new adapter becomes the active one."""
+    The first adapter freezes the base model. With `activate`, the new adapter becomes the active one.
+    Over a 16-bit base the adapter is fp32 and its update is added in fp32 before one rounding, as in PEFT:
+    right for training. `autocast_adapter_dtype=False` (PEFT's option of the same name) keeps it in the base's
+    dtype instead, for inference: 16-bit products, about 4x faster than fp32 ones on CPU, at 16-bit accuracy."""
     if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
     if adapter_name in RESERVED_NAMES:
@@ -66,6 +70,9 @@ def add_adapter(
         raise AdapterError(
             f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first"
         )
+    if not autocast_adapter_dtype and (config.use_dora or config.peft_type != "LORA"):
+        raise AdapterError(f"autocast_adapter_dtype=False keeps plain LoRA adapters in the base's dtype; "
+                           f"{'DoRA' if config.use_dora else config.peft_type} adapters stay in fp32: leave it True")
     from lorakit.rollback import restore_on_error  # imported here: rollback builds on this module
 
     first = not configs
@@ -74,6 +81,10 @@ def add_adapter(
             for param in model.parameters():
                 param.requires_grad_(False)
         inject(model, config, adapter_name)
+        if not autocast_adapter_dtype:
+            for _, layer in lora_layers(model):
+                if adapter_name in layer.r:
+                    layer.cast_adapter_to_base_dtype(adapter_name)
         _wrap_modules_to_save(model, config, adapter_name)
         configs[adapter_name] = config
         if activate or first:

@@ -271,3 +271,25 @@ def test_model_fast_paths_match_plain_paths(monkeypatch) -> None:
     assert grads_fast.keys() == grads_plain.keys() and len(grads_fast) == 2 * 7 * 2
     for key in grads_fast:
         torch.testing.assert_close(grads_fast[key], grads_plain[key], msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_16_bit_adapters_over_a_16_bit_base_are_never_merged_per_call() -> None:
+    """W + s B A rounded to bf16 loses the update here, the base output plus the update does not.
+    W holds 256 in columns 0 and 1 and x = (1, -1, 0, ...): the base output is exactly 0; the update
+    0.875 * (1 + 1) = 1.75 is exact in bf16, but 256 + 0.875 rounds to 256 and 256 - 0.875 to 255 (giving 1)."""
+    layer = LoraLinear(nn.Linear(12, 10, bias=False).to(torch.bfloat16))
+    layer.add_adapter("a", AdapterSpec(r=1, lora_alpha=1, init_lora_weights=False))
+    layer.set_active(["a"])
+    layer.cast_adapter_to_base_dtype("a")
+    layer.base_layer.weight.requires_grad_(False)
+    with torch.no_grad():
+        layer.base_layer.weight.zero_()[:, :2] = 256
+        layer.lora_A["a"].weight.zero_()[0, :2] = torch.tensor([1.0, -1.0])
+        layer.lora_B["a"].weight.fill_(0.875)
+    x = torch.zeros(*MANY, 12, dtype=torch.bfloat16)
+    x[..., 0], x[..., 1] = 1, -1
+    assert merge_on_the_fly(x.numel() // 12, 12, 10)  # a 32-bit layer would merge at this size
+    with torch.no_grad():
+        assert (layer(x) == 1.75).all()
+    y = layer(x)  # the training path
+    assert y.grad_fn is not None and (y == 1.75).all()

@@ -219,10 +219,12 @@ def load_adapter(
     trainable: bool = False,
     activate: bool = True,
     allow_pickle: bool = False,
+    autocast_adapter_dtype: bool = True,
 ) -> nn.Module:
     """Load an adapter (lorakit's or PEFT's) onto `model`, injecting its layers. Returns the model.
 
     A non-default name is looked up in `path/<name>` first (save_adapter's layout), then in `path`.
+    `autocast_adapter_dtype=False` keeps the adapter in a 16-bit base's dtype (see add_adapter).
     Files are checked before the model is touched; if anything fails, the model is left exactly as it was."""
     if not isinstance(adapter_name, str) or not ADAPTER_NAME.fullmatch(adapter_name):  # it also names a folder
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
@@ -239,7 +241,7 @@ def load_adapter(
     config.inference_mode = not trainable
     with restore_on_error(inner, adapter_name, config):
         try:
-            add_adapter(inner, config, adapter_name, activate=activate)
+            add_adapter(inner, config, adapter_name, activate=activate, autocast_adapter_dtype=autocast_adapter_dtype)
         except (ConfigError, TargetError) as exc:  # the file's config does not fit this model
             raise AdapterFileError(f"{source}: {exc}") from None
         copy_tensors(inner, tensors, adapter_name, source)

@@ -123,6 +123,22 @@ class LoraLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         return list(self.r)
 
+    def cast_adapter_to_base_dtype(self, name: str) -> None:
+        """Keep adapter `name` in the base weight's 16-bit dtype instead of fp32 (add_adapter's
+        autocast_adapter_dtype=False): 16-bit products, and no cast of x. A no-op over a non-float base."""
+        dtype = self.base_weight.dtype
+        if not dtype.is_floating_point:
+            return
+        for attr in self.adapter_containers:
+            holder = getattr(self, attr, None)
+            if holder is None or name not in holder:
+                continue
+            item = holder[name]
+            if isinstance(item, nn.Parameter):
+                item.data = item.data.to(dtype)
+            else:
+                item.to(dtype)
+
     def add_adapter(self, name: str, spec: AdapterSpec) -> None:
         if name in self.r:
             raise AdapterError(f"this layer already has an adapter named {name!r}")

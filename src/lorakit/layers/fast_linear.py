@@ -6,7 +6,8 @@ Two ways to compute the adapter term of a frozen nn.Linear, chosen per call by `
 - factored: h = x A^T (tokens, r), then y.addmm_(h, B^T, alpha=s) into the fresh base output, in place:
   tokens * r * (in + out) multiply-adds and no (tokens, out) temporary;
 - merged for this call: y = x (W + s B A)^T, with W + s B A a temporary: out * in * r multiply-adds, fewer
-  when many tokens go through a narrow layer (prefill, training batches). W itself is never modified.
+  when many tokens go through a narrow layer (prefill, training batches). W itself is never modified. Only
+  over a 32/64-bit base: rounded to 16 bits, W + s B A would not give the unmerged layer's outputs.
 Training over a frozen nn.Linear with one live adapter runs as one custom autograd node (lora_autograd.py).
 Dropout up to SPARSE_MAX_P runs on the dropped entries only (sparse_dropout.py); its forward stays factored.
 Anything else (a variant such as DoRA, a quantized or hooked base, autocast, several adapters in training,
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.layers.base import LOW_PRECISION
 from lorakit.layers.lora_autograd import FrozenLinearLora
 from lorakit.layers.sparse_dropout import SPARSE_DTYPES, SPARSE_MAX_P, Dropped
 
@@ -87,7 +89,9 @@ def _train_forward(layer: LoraLinear, x: torch.Tensor, names: tuple[str, ...]) -
     p = dropout_rate(layer.lora_dropout[name])
     if p is None or (p > 0 and x.dtype not in SPARSE_DTYPES):
         return None
-    merged = merge_on_the_fly(x.numel() // x.shape[-1], layer.in_features, layer.out_features)
+    # never over a 16-bit base (see _can_merge): W + s B A rounded to 16 bits is another model
+    merged = x.dtype not in LOW_PRECISION and merge_on_the_fly(x.numel() // x.shape[-1], layer.in_features,
+                                                                layer.out_features)
     return FrozenLinearLora.apply(x, weight, bias, lora_a.weight, lora_b.weight, layer.scaling[name], p, merged)
 
 
@@ -123,10 +127,11 @@ def _inference_forward(layer: LoraLinear, x: torch.Tensor, names: tuple[str, ...
 
 
 def _can_merge(layer: LoraLinear, names: tuple[str, ...], x2: torch.Tensor) -> bool:
-    """Every adapter in the base's dtype (a 16-bit base keeps fp32 adapters: merging would round them) and no
-    dropout drawing now (it applies to the adapter's input only)."""
+    """A 32/64-bit base with every adapter in its dtype, and no dropout drawing now (it applies to the adapter's
+    input only). Never a 16-bit base, even with 16-bit adapters: W + s B A rounded to 16 bits is not the model
+    the unmerged layer computes (base output plus update, rounded once), and differs from PEFT's outputs."""
     dtype = layer.base_layer.weight.dtype
-    return x2.dtype == dtype and all(
+    return x2.dtype == dtype and dtype not in LOW_PRECISION and all(
         layer.lora_A[n].weight.dtype == dtype == layer.lora_B[n].weight.dtype
         and dropout_rate(layer.lora_dropout[n]) == 0.0
         for n in names
