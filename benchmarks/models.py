@@ -61,19 +61,22 @@ def lora_settings(r: int = 16, alpha: int = 32, dropout: float = 0.0, use_dora: 
                 init_lora_weights=False)
 
 
-def with_lorakit(base: nn.Module, seed: int = 0, **settings) -> nn.Module:
-    """A deep copy of `base` with a lorakit adapter named 'default' (random A and B)."""
+def with_lorakit(base: nn.Module, seed: int = 0, autocast_adapter_dtype: bool = True, **settings) -> nn.Module:
+    """A deep copy of `base` with a lorakit adapter named 'default' (random A and B). `autocast_adapter_dtype`:
+    False keeps the adapter in a 16-bit base's dtype (both libraries' option of that name)."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
-    lorakit.add_adapter(model, lorakit.LoraConfig(**lora_settings(**settings)))
+    lorakit.add_adapter(model, lorakit.LoraConfig(**lora_settings(**settings)),
+                        autocast_adapter_dtype=autocast_adapter_dtype)
     return model
 
 
-def with_peft(base: nn.Module, twin: nn.Module, **settings) -> nn.Module:
+def with_peft(base: nn.Module, twin: nn.Module, autocast_adapter_dtype: bool = True, **settings) -> nn.Module:
     """A deep copy of `base` with a PEFT adapter holding exactly the weights of lorakit's `twin`."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(**lora_settings(**settings)))
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(**lora_settings(**settings)),
+                           autocast_adapter_dtype=autocast_adapter_dtype)
     # lorakit's file keys are PEFT's: the round trip through them is the interop path users take
     result = set_peft_model_state_dict(model, lorakit.adapter_state_dict(twin), adapter_name="default")
     missing = [k for k in result.missing_keys if "lora_" in k]

@@ -27,14 +27,18 @@ def describe(spec: models.LlamaSpec, dtype: torch.dtype, batch: int, seq: int) -
     return f"{spec.name}, {str(dtype).removeprefix('torch.')}, {batch}x{seq}"
 
 
-def train_step(model: nn.Module, ids: torch.Tensor, lr: float = 1e-3) -> Callable[[], float]:
-    """One optimizer step (AdamW over the trainable parameters) on a causal-LM loss; returns the loss."""
+def train_step(model: nn.Module, ids: torch.Tensor, lr: float = 1e-3, loss: str = "model") -> Callable[[], float]:
+    """One optimizer step (AdamW over the trainable parameters) on the mean causal-LM loss; returns the loss.
+
+    loss="model": the model's own loss (`model(labels=...)`, what the Hugging Face Trainer runs over PEFT);
+    loss="lorakit": the loss `lorakit train` runs (lorakit.train.tasks, lorakit.train.loss). Same value."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr) if params else None  # the floor trains nothing
+    compute = {"model": lambda: model(input_ids=ids, labels=ids).loss, "lorakit": _lorakit_loss(model, ids)}[loss]
 
     def step() -> float:
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = compute()
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -42,6 +46,15 @@ def train_step(model: nn.Module, ids: torch.Tensor, lr: float = 1e-3) -> Callabl
         return loss.item()
 
     return step
+
+
+def _lorakit_loss(model: nn.Module, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
+    from lorakit.train.tasks import TASKS
+
+    task = TASKS["causal-lm"]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    units = ids.shape[0] * (ids.shape[1] - 1)  # every next-token target counts
+    return lambda: task.loss_sum(model, batch) / units
 
 
 def frozen_floor(base: nn.Module) -> nn.Module:
@@ -74,16 +87,38 @@ def assert_same_logits(a: nn.Module, b: nn.Module, ids: torch.Tensor, what: str)
         raise AssertionError(f"{what}: outputs differ (a speedup that changes them does not count)\n{exc}") from None
 
 
+def mean_error(model: nn.Module, ids: torch.Tensor) -> float:
+    """Mean |logit error| of a 16-bit model against the exact outputs of its own weights (computed in fp32)."""
+    import copy
+
+    return (logits(model, ids).float() - logits(copy.deepcopy(model).float(), ids)).abs().mean().item()
+
+
+def assert_as_accurate(lk: nn.Module, pf: nn.Module, ids: torch.Tensor, what: str) -> tuple[float, float]:
+    """16-bit models whose two libraries round differently: lorakit's mean |logit error| (mean_error) is no
+    larger than PEFT's (+2% for noise), and the two agree within bf16 tolerance on 99% of logits.
+    Returns the two errors."""
+    err_a, err_b = mean_error(lk, ids), mean_error(pf, ids)
+    ya, yb = logits(lk, ids).float(), logits(pf, ids).float()
+    far = ((ya - yb).abs() > 2e-2 + 2e-2 * yb.abs()).float().mean().item()
+    if err_a > 1.02 * err_b or far > 0.01:
+        raise AssertionError(f"{what}: lorakit's outputs are less accurate than PEFT's (mean |error| {err_a:.5f} vs "
+                             f"{err_b:.5f}) or disagree on {100 * far:.2f}% of logits (a speedup that changes "
+                             "them does not count)")
+    return err_a, err_b
+
+
 def assert_same_losses(make_a: Callable[[], nn.Module], make_b: Callable[[], nn.Module], ids: torch.Tensor,
-                       steps: int, what: str) -> list[float]:
-    """Fresh copies of both models, `steps` optimizer steps each on the same batch: the same loss curve."""
-    losses_a = _losses(make_a(), ids, steps)
-    losses_b = _losses(make_b(), ids, steps)
+                       steps: int, what: str, loss_a: str = "lorakit", loss_b: str = "model") -> list[float]:
+    """Fresh copies of both models, `steps` optimizer steps each on the same batch: the same loss curve.
+    `loss_a`, `loss_b`: how each computes its loss (train_step); by default a is lorakit's, b PEFT's."""
+    losses_a = _losses(make_a(), ids, steps, loss_a)
+    losses_b = _losses(make_b(), ids, steps, loss_b)
     torch.testing.assert_close(torch.tensor(losses_a), torch.tensor(losses_b),
                                msg=lambda m: f"{what}: loss curves differ\n{m}")
     return losses_a
 
 
-def _losses(model: nn.Module, ids: torch.Tensor, steps: int) -> list[float]:
-    step = train_step(model, ids)
+def _losses(model: nn.Module, ids: torch.Tensor, steps: int, loss: str) -> list[float]:
+    step = train_step(model, ids, loss=loss)
     return [step() for _ in range(steps)]

@@ -47,7 +47,8 @@ def run(settings: Settings) -> list[Row]:
     lora = models.with_lorakit(base)
     contenders = {"lk_lora": lora, "lk_dora": dora, "pf_lora": models.with_peft(base, lora),
                   "pf_dora": models.with_peft(base, dora, use_dora=True)}
-    samples = interleave({n: train_step(m, ids) for n, m in contenders.items()}, settings.rounds, settings.clock)
+    steps = {n: train_step(m, ids, loss="lorakit" if n.startswith("lk") else "model") for n, m in contenders.items()}
+    samples = interleave(steps, settings.rounds, settings.clock)
     lk, pf = samples.ratio("lk_dora", "lk_lora"), samples.ratio("pf_dora", "pf_lora")
     rows = [Row(TIME, setup, lk, pf, "~1.00 (the norm costs O(r) per weight)", "<= 1.10",
                 judge(lk, lambda v: v <= 1.10), unit="ratio")]

@@ -35,7 +35,8 @@ def run(settings: Settings) -> list[Row]:
         raise AssertionError("lorakit with lora_dropout=0.05 gave the dropout-free loss: its dropout did not run")
 
     contenders = {"lk0": lk0, "lk_drop": lk_drop, "pf0": pf0, "pf_drop": pf_drop}
-    steps = {name: train_step(model, ids) for name, model in contenders.items()}
+    steps = {name: train_step(model, ids, loss="lorakit" if name.startswith("lk") else "model")
+             for name, model in contenders.items()}
     samples = interleave(steps, settings.rounds, settings.clock)
     lk, pf = samples.ratio("lk0", "lk_drop"), samples.ratio("pf0", "pf_drop")  # time ratio = throughput ratio
     return [Row(NAME, setup, lk, pf, "1.000 (dropout adds no matmul)", ">= 0.95", judge(lk, lambda v: v >= 0.95),

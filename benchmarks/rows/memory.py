@@ -3,7 +3,8 @@
 As a worker, `python -m benchmarks.rows.memory VARIANT [--quick]` builds one model, takes two training steps
 and prints {"before_mb", "peak_mb", "training_mb"} as JSON: training_mb is the peak during the steps above the
 resident size just before them (activations, gradients, optimizer state), the part a LoRA library decides.
-As a row: LoRA training memory, lorakit / PEFT, with dropout off and at 0.05.
+As a row: LoRA training memory, lorakit / PEFT, with dropout off and at 0.05, each library's step with the loss
+its users run (lorakit's from `lorakit train`, lorakit.train.loss; PEFT's the model's own, as the HF Trainer does).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _worker(variant: str, quick: bool) -> dict:
 
         model = get_peft_model(model, LoraConfig(**settings))
     ids = models.token_ids(spec, batch, seq)
-    step = train_step(model, ids)
+    step = train_step(model, ids, loss="lorakit" if library == "lorakit" else "model")
     gc.collect()
     memory = PeakMemory()  # from here on
     torch.manual_seed(0)
