@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -60,8 +61,6 @@ def _lorakit_loss(model: nn.Module, ids: torch.Tensor) -> Callable[[], torch.Ten
 def frozen_floor(base: nn.Module) -> nn.Module:
     """The base with nothing trainable, its backward running as a LoRA model's must (no adapter work at all):
     gradients start at the outputs of the first block's q/k/v/gate/up. No LoRA step can be faster."""
-    import copy
-
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -89,8 +88,6 @@ def assert_same_logits(a: nn.Module, b: nn.Module, ids: torch.Tensor, what: str)
 
 def mean_error(model: nn.Module, ids: torch.Tensor) -> float:
     """Mean |logit error| of a 16-bit model against the exact outputs of its own weights (computed in fp32)."""
-    import copy
-
     return (logits(model, ids).float() - logits(copy.deepcopy(model).float(), ids)).abs().mean().item()
 
 
