@@ -49,6 +49,12 @@ def train_step(model: nn.Module, ids: torch.Tensor, lr: float = 1e-3, loss: str 
     return step
 
 
+def own_loss(contender: str) -> str:
+    """The loss a contender's users run: lorakit's ("lk..." / "lorakit...") runs `lorakit train`'s, others the
+    model's own (what the Hugging Face Trainer runs over PEFT)."""
+    return "lorakit" if contender.startswith(("lk", "lorakit")) else "model"
+
+
 def _lorakit_loss(model: nn.Module, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
     from lorakit.train.tasks import TASKS
 
@@ -86,17 +92,19 @@ def assert_same_logits(a: nn.Module, b: nn.Module, ids: torch.Tensor, what: str)
         raise AssertionError(f"{what}: outputs differ (a speedup that changes them does not count)\n{exc}") from None
 
 
-def mean_error(model: nn.Module, ids: torch.Tensor) -> float:
-    """Mean |logit error| of a 16-bit model against the exact outputs of its own weights (computed in fp32)."""
-    return (logits(model, ids).float() - logits(copy.deepcopy(model).float(), ids)).abs().mean().item()
+def mean_error(model: nn.Module, ids: torch.Tensor, outputs: torch.Tensor | None = None) -> float:
+    """Mean |logit error| of a 16-bit model against the exact outputs of its own weights (computed in fp32).
+    `outputs`: the model's logits on `ids`, when the caller has them already."""
+    outputs = logits(model, ids) if outputs is None else outputs
+    return (outputs.float() - logits(copy.deepcopy(model).float(), ids)).abs().mean().item()
 
 
 def assert_as_accurate(lk: nn.Module, pf: nn.Module, ids: torch.Tensor, what: str) -> tuple[float, float]:
     """16-bit models whose two libraries round differently: lorakit's mean |logit error| (mean_error) is no
     larger than PEFT's (+2% for noise), and the two agree within bf16 tolerance on 99% of logits.
     Returns the two errors."""
-    err_a, err_b = mean_error(lk, ids), mean_error(pf, ids)
     ya, yb = logits(lk, ids).float(), logits(pf, ids).float()
+    err_a, err_b = mean_error(lk, ids, ya), mean_error(pf, ids, yb)
     far = ((ya - yb).abs() > 2e-2 + 2e-2 * yb.abs()).float().mean().item()
     if err_a > 1.02 * err_b or far > 0.01:
         raise AssertionError(f"{what}: lorakit's outputs are less accurate than PEFT's (mean |error| {err_a:.5f} vs "

@@ -12,7 +12,14 @@ import torch
 
 from benchmarks import models
 from benchmarks.harness import Row, Settings, interleave, judge, pending
-from benchmarks.rows.common import assert_same_logits, assert_same_losses, describe, train_setup, train_step
+from benchmarks.rows.common import (
+    assert_same_logits,
+    assert_same_losses,
+    describe,
+    own_loss,
+    train_setup,
+    train_step,
+)
 from benchmarks.rows.memory import training_ratio
 
 TIME = "DoRA training step time / LoRA step time"
@@ -47,7 +54,7 @@ def run(settings: Settings) -> list[Row]:
     lora = models.with_lorakit(base)
     contenders = {"lk_lora": lora, "lk_dora": dora, "pf_lora": models.with_peft(base, lora),
                   "pf_dora": models.with_peft(base, dora, use_dora=True)}
-    steps = {n: train_step(m, ids, loss="lorakit" if n.startswith("lk") else "model") for n, m in contenders.items()}
+    steps = {n: train_step(m, ids, loss=own_loss(n)) for n, m in contenders.items()}
     samples = interleave(steps, settings.rounds, settings.clock)
     lk, pf = samples.ratio("lk_dora", "lk_lora"), samples.ratio("pf_dora", "pf_lora")
     rows = [Row(TIME, setup, lk, pf, "~1.00 (the norm costs O(r) per weight)", "<= 1.10",

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks import models
 from benchmarks.harness import Row, Settings, interleave, judge
-from benchmarks.rows.common import assert_same_logits, describe, train_setup, train_step
+from benchmarks.rows.common import assert_same_logits, describe, own_loss, train_setup, train_step
 
 NAME = "LoRA training throughput, dropout 0.05 / dropout 0"
 RATE = 0.05
@@ -35,8 +35,7 @@ def run(settings: Settings) -> list[Row]:
         raise AssertionError("lorakit with lora_dropout=0.05 gave the dropout-free loss: its dropout did not run")
 
     contenders = {"lk0": lk0, "lk_drop": lk_drop, "pf0": pf0, "pf_drop": pf_drop}
-    steps = {name: train_step(model, ids, loss="lorakit" if name.startswith("lk") else "model")
-             for name, model in contenders.items()}
+    steps = {name: train_step(model, ids, loss=own_loss(name)) for name, model in contenders.items()}
     samples = interleave(steps, settings.rounds, settings.clock)
     lk, pf = samples.ratio("lk0", "lk_drop"), samples.ratio("pf0", "pf_drop")  # time ratio = throughput ratio
     return [Row(NAME, setup, lk, pf, "1.000 (dropout adds no matmul)", ">= 0.95", judge(lk, lambda v: v >= 0.95),

@@ -62,7 +62,7 @@ def _worker(variant: str, quick: bool) -> dict:
     import torch
 
     from benchmarks import models
-    from benchmarks.rows.common import train_setup, train_step
+    from benchmarks.rows.common import own_loss, train_setup, train_step
 
     library, extra = VARIANTS[variant]
     spec, batch, seq = train_setup(Settings(quick=quick))
@@ -77,7 +77,7 @@ def _worker(variant: str, quick: bool) -> dict:
 
         model = get_peft_model(model, LoraConfig(**settings))
     ids = models.token_ids(spec, batch, seq)
-    step = train_step(model, ids, loss="lorakit" if library == "lorakit" else "model")
+    step = train_step(model, ids, loss=own_loss(library))
     gc.collect()
     memory = PeakMemory()  # from here on
     torch.manual_seed(0)

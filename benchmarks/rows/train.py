@@ -17,7 +17,7 @@ import functools
 import torch
 
 from benchmarks import models
-from benchmarks.harness import Row, Settings, interleave, judge
+from benchmarks.harness import Row, Settings, fmt, interleave, judge
 from benchmarks.rows.common import assert_same_losses, describe, frozen_floor, train_setup, train_step
 
 THROUGHPUT = "LoRA training tokens/s, lorakit / PEFT"
@@ -67,8 +67,8 @@ def run(settings: Settings) -> list[Row]:
 
 
 def _ratio(pair: tuple[float, float]) -> str:
-    return " / ".join(f"{v:.3f}" for v in pair)
+    return fmt(pair, "ratio")
 
 
 def _pct(pair: tuple[float, float]) -> str:
-    return " / ".join(f"{100 * (v - 1):+.1f}%" for v in pair)
+    return fmt(pair, "overhead")
