@@ -5,6 +5,9 @@ Timings on shared machines are noisy, so every comparison runs its contenders in
 reports the ratio of the minima and the ratio of the medians. With `clock="cpu"` each call is timed by the
 process's CPU time instead of the wall clock: on a loaded machine it leaves out the time the process waits
 for a core (with one thread it is the wall time of an idle machine).
+Each call's minor page faults are counted too: a step that gets fresh pages from the kernel (glibc returns
+freed multi-MB blocks to it, and which blocks depends on what ran before) pays for zeroing them, and that,
+not the LoRA math, is what often separates two runs of the same step.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ class Settings:
 
 @dataclass
 class Samples:
-    """Seconds per call, per contender, in the order they ran."""
+    """Seconds per call, and minor page faults per call, per contender, in the order they ran."""
 
     times: dict[str, list[float]]
+    faults: dict[str, list[int]] = field(default_factory=dict)
 
     def min(self, name: str) -> float:
         return min(self.times[name])
@@ -57,6 +61,10 @@ class Samples:
         """How many times faster `fast` is than `slow` (a throughput ratio), min and median."""
         return self.ratio(slow, fast)
 
+    def median_faults(self, name: str) -> int:
+        """Median minor page faults per call (fresh pages the kernel had to zero and map in)."""
+        return int(statistics.median(self.faults[name]))
+
 
 def interleave(
     fns: dict[str, Callable[[], object]], rounds: int, clock: str = "wall", warmup: int = 1,
@@ -71,15 +79,22 @@ def interleave(
                 before(name)
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for i in range(rounds):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
             if before is not None:
                 before(name)
-            start = now()
+            faulted, start = minor_faults(), now()
             fns[name]()
             times[name].append(now() - start)
-    return Samples(times)
+            faults[name].append(minor_faults() - faulted)
+    return Samples(times, faults)
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 # -- rows of the results table ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import functools
 import torch
 
 from benchmarks import models
-from benchmarks.harness import Row, Settings, fmt, interleave, judge
+from benchmarks.harness import Row, Samples, Settings, fmt, interleave, judge
 from benchmarks.rows.common import assert_same_losses, describe, frozen_floor, train_setup, train_step
 
 THROUGHPUT = "LoRA training tokens/s, lorakit / PEFT"
@@ -55,7 +55,7 @@ def run(settings: Settings) -> list[Row]:
                   "(lorakit's per-call merged weights skip part of it); "
                   f"lorakit over the floor, same loss: {_pct(samples.ratio('lorakit', 'floor_lk_loss'))} "
                   f"(model's loss: {_pct(samples.ratio('lorakit_model_loss', 'floor'))}), "
-                  f"PEFT: {_pct(samples.ratio('peft', 'floor'))}")
+                  f"PEFT: {_pct(samples.ratio('peft', 'floor'))}. {_faults(samples)}")
     return [
         Row(THROUGHPUT, setup, throughput, (1.0, 1.0), f"<= {ceiling[0]:.3f} (floor)", ">= 1.15",
             judge(throughput, lambda v: v >= 1.15), unit="ratio", note=floor_note),
@@ -64,6 +64,15 @@ def run(settings: Settings) -> list[Row]:
             note=f"lorakit at {100 * lk_speedup[0] / bound:.0f}% of the bound, "
                  f"PEFT at {100 * pf_speedup[0] / bound:.0f}%"),
     ]
+
+
+def _faults(samples: Samples) -> str:
+    """The median minor page faults per step of each contender: fresh pages cost time the FLOPs don't show."""
+    counts = ", ".join(f"{FAULT_NAMES[name]} {samples.median_faults(name)}" for name in FAULT_NAMES)
+    return f"Minor page faults per step (median; 4 KiB each): {counts}"
+
+
+FAULT_NAMES = {"lorakit": "lorakit", "floor_lk_loss": "floor", "peft": "PEFT", "full": "full fine-tuning"}
 
 
 def _ratio(pair: tuple[float, float]) -> str:
