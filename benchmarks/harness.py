@@ -45,7 +45,7 @@ class Samples:
     """Seconds per call, and minor page faults per call, per contender, in the order they ran."""
 
     times: dict[str, list[float]]
-    faults: dict[str, list[int]] = field(default_factory=dict)
+    faults: dict[str, list[int]]
 
     def min(self, name: str) -> float:
         return min(self.times[name])

@@ -66,13 +66,13 @@ def run(settings: Settings) -> list[Row]:
     ]
 
 
+FAULT_NAMES = {"lorakit": "lorakit", "floor_lk_loss": "floor", "peft": "PEFT", "full": "full fine-tuning"}
+
+
 def _faults(samples: Samples) -> str:
     """The median minor page faults per step of each contender: fresh pages cost time the FLOPs don't show."""
-    counts = ", ".join(f"{FAULT_NAMES[name]} {samples.median_faults(name)}" for name in FAULT_NAMES)
-    return f"Minor page faults per step (median; 4 KiB each): {counts}"
-
-
-FAULT_NAMES = {"lorakit": "lorakit", "floor_lk_loss": "floor", "peft": "PEFT", "full": "full fine-tuning"}
+    counts = ", ".join(f"{label} {samples.median_faults(name)}" for name, label in FAULT_NAMES.items())
+    return f"Minor page faults per step (median): {counts}"
 
 
 def _ratio(pair: tuple[float, float]) -> str:
