@@ -14,25 +14,30 @@ from safetensors.torch import load_file, save_file
 import lorakit
 from lorakit import AdapterFileError
 from tests.helpers import tiny_llama
+from tests.io.metadata_support import rewrite_weights
 
 Q0 = "model.layers.0.self_attn.q_proj"
 WIDE = dict(hidden_size=64, intermediate_size=128)  # a llama twice as wide as the tiny one
 
 
-def save(tmp_path: Path, base: torch.nn.Module | None = None, name: str = "default", **settings) -> Path:
+def save(tmp_path: Path, base: torch.nn.Module | None = None, name: str = "default", pissa_raw: bool = False,
+         **settings) -> Path:
     """Save an adapter of `base` (default: tiny llama, r=8 on q_proj/v_proj); returns its directory."""
     settings = {"r": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False, **settings}
     model = lorakit.add_adapter(copy.deepcopy(base or tiny_llama()), lorakit.LoraConfig(**settings), name)
-    return lorakit.save_adapter(model, tmp_path / "adapter", name)
+    return lorakit.save_adapter(model, tmp_path / "adapter", name, pissa_raw=pissa_raw)
 
 
 def edit_config(directory: Path, drop_checks: bool = False, **changes) -> None:
-    """Change adapter_config.json; drop_checks removes lorakit's keys, making it a plain PEFT file."""
+    """Change adapter_config.json; drop_checks removes lorakit's records (the weights' metadata; config keys in
+    older files), making it a plain PEFT file."""
     path = directory / "adapter_config.json"
     config = json.loads(path.read_text())
     config.update(changes)
     if drop_checks:
         config = {k: v for k, v in config.items() if not k.startswith("lorakit_")}
+        if (directory / "adapter_model.safetensors").is_file():
+            rewrite_weights(directory, keep_metadata=False)
     path.write_text(json.dumps(config))
 
 
@@ -110,7 +115,7 @@ def test_truncated_weights_with_checksum(tmp_path) -> None:
     directory = save(tmp_path)
     data = (directory / "adapter_model.safetensors").read_bytes()
     (directory / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(AdapterFileError, match=r"does not match the checksum in its adapter_config\.json"):
+    with pytest.raises(AdapterFileError, match=r"does not match the checksum in its metadata"):
         load(directory)
 
 
@@ -126,9 +131,8 @@ def test_truncated_weights_without_checksum(tmp_path, keep: float) -> None:
 
 def test_edited_weights_fail_the_checksum(tmp_path) -> None:
     directory = save(tmp_path)
-    tensors = load_file(directory / "adapter_model.safetensors")
-    tensors[f"base_model.model.{Q0}.lora_A.weight"][0, 0] += 1
-    save_file(tensors, directory / "adapter_model.safetensors")
+    # an edit that keeps the metadata (a file rewritten wholesale without it is a plain PEFT file, loaded as such)
+    rewrite_weights(directory, lambda t: t[f"base_model.model.{Q0}.lora_A.weight"][0, 0].add_(1))
     with pytest.raises(AdapterFileError, match="does not match the checksum"):
         load(directory)
 

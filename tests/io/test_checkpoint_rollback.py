@@ -12,6 +12,7 @@ import torch
 import lorakit
 from lorakit import AdapterFileError
 from tests.helpers import tiny_bert_seq_cls, tiny_llama
+from tests.io.metadata_support import read_records, rewrite_weights
 from tests.io.support import assert_unchanged, snapshot
 from tests.io.test_checkpoint_errors import edit_config, edit_weights, save
 
@@ -28,9 +29,9 @@ def _truncate(directory) -> None:
 
 
 def _other_base(directory) -> None:
-    config = json.loads((directory / "adapter_config.json").read_text())
-    config["lorakit_fingerprint"]["layer_shapes"]["model.layers.1.self_attn.v_proj"] = [16, 64]
-    (directory / "adapter_config.json").write_text(json.dumps(config))
+    fingerprint = read_records(directory)["lorakit_fingerprint"]
+    fingerprint["layer_shapes"]["model.layers.1.self_attn.v_proj"] = [16, 64]
+    rewrite_weights(directory, lorakit_fingerprint=json.dumps(fingerprint))
 
 
 # kind -> (settings of the saved adapter, how the directory is broken, load keyword arguments)
@@ -45,8 +46,9 @@ FAILURES = {
     "unknown_tensor": (dict(), lambda d: edit_weights(d, lambda t: t.update(
         {"base_model.model.model.layers.1.mlp.up_proj.lora_A.weight": torch.zeros(8, 32)})), {}),
     "targets_nothing": (dict(), lambda d: edit_config(d, target_modules=["query"]), {}),
-    # PiSSA rewrites the base weights while injecting: they must be put back
-    "pissa_missing_tensor": (dict(init_lora_weights="pissa"),
+    # PiSSA rewrites the base weights while injecting (a raw PiSSA file: the base is decomposed again on load):
+    # they must be put back
+    "pissa_missing_tensor": (dict(init_lora_weights="pissa", pissa_raw=True),
                              lambda d: edit_weights(d, _drop(f"{LAYER1_V}.lora_A.weight")), {}),
     # a trainable load with bias="all" unfreezes every bias; a head in modules_to_save gets wrapped
     "bias_all_trainable": (dict(bias="all", target_modules=["o_proj", "down_proj"]),

@@ -91,7 +91,7 @@ def test_delta_lora_run_moves_w_and_saves_an_adapter_exact_on_the_original_base(
     assert min(losses[-3:]) < losses[0]
     assert all(not torch.equal(layer.base_weight, w0[p]) for p, layer in hook.layers.items())  # W moved
     saved = json.loads((result.output_dir / "adapter_config.json").read_text())
-    assert saved["r"] == 2 * cfg.lora.r and saved["lorakit_delta_lora"]["folded"]
+    assert saved["r"] == 2 * cfg.lora.r and lorakit.read_adapter(result.output_dir)[1]["lorakit_delta_lora"]["folded"]
     assert result.summary["delta_lora"]["update_ratio"] == 2.0
     want = run_logits(trainer.raw)
     loaded = lorakit.load_adapter(fresh_base(tmp_path), result.output_dir)

@@ -42,7 +42,8 @@ def test_the_saved_adapter_on_a_fresh_base_is_the_delta_lora_model(tmp_path, ext
     assert not torch.allclose(logits(lorakit.load_adapter(tiny_llama(), plain), ids), want, atol=1e-3)
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert saved["r"] == 8 and saved["lorakit_delta_lora"]["trained_r"] == 4
+    records = lorakit.read_adapter(tmp_path)[1]  # lorakit's records: in the weights' metadata
+    assert saved["r"] == 8 and records["lorakit_delta_lora"]["trained_r"] == 4
     if "rank_pattern" in extra:
         assert saved["rank_pattern"] == {"v_proj": 4}
 

@@ -1,21 +1,21 @@
 """save_adapter / load_adapter in PEFT's format: adapter_config.json + adapter_model.safetensors.
 
-Saves are atomic (io/atomic.py: both files or neither; the config, renamed last, carries the weights' checksum).
-Loads check the files before the model is touched, and undo everything if anything fails after that.
+adapter_config.json holds PEFT's fields only; lorakit's records (base-model fingerprint, version, checksums) are in
+the weights' safetensors metadata, where PEFT and transformers do not look (io/metadata.py). Saves are atomic
+(io/atomic.py: both files or neither; the config is renamed last). Loads check the files before the model is
+touched, and undo everything if anything fails after that.
+PiSSA / OLoRA adapters are saved as plain LoRA exact on the original base weights (io/init_export.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from lorakit import __version__
@@ -23,9 +23,12 @@ from lorakit.adapters import ADAPTER_NAME, adapter_configs, add_adapter, get_con
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError, AdapterFileError, ConfigError, LorakitError, TargetError
 from lorakit.inject import default_targets, lora_layers, trainable_copies
+from lorakit.io import wrapped
 from lorakit.io.atomic import recover_backup, replace_files
 from lorakit.io.fingerprint import check_fingerprint, fingerprint
 from lorakit.io.keys import base_bias_file_key, layer_path_of, model_key_candidates, tensor_role, to_file_key
+from lorakit.io.metadata import checked_weights, encode_weights, legacy_weights
+from lorakit.layers.init import rewrites_base
 from lorakit.rollback import restore_on_error
 
 CONFIG_NAME = "adapter_config.json"
@@ -46,7 +49,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 # -- saving ----------------------------------------------------------------------------------------------------
 def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's tensors under their file keys (what save_adapter writes)."""
+    """The adapter's tensors under their file keys (what save_adapter writes; for PiSSA / OLoRA it writes their
+    rank-2r fold instead, io/init_export.py)."""
     model = unwrap_model(model)
     config = get_config(model, adapter_name)
     out: dict[str, torch.Tensor] = {}
@@ -86,8 +90,15 @@ def _check_nothing_left_out(model: nn.Module, adapter_name: str) -> None:
                     )
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> Path:
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
+                 pissa_raw: bool = False) -> Path:
     """Write one adapter. "default" goes in `path`; any other name in `path/<name>` (PEFT's layout).
+
+    A PiSSA / OLoRA adapter (init_lora_weights "pissa", "pissa_niter_<k>", "olora") is written as plain LoRA of
+    twice the rank, exact on the ORIGINAL base, so every loader sees the trained model. `pissa_raw=True` writes the
+    trained (A, B) as they are instead: that file only means the trained model on a base decomposed again at load
+    (lorakit and PEFT do so; servers such as `lorakit serve` do not); its config keeps the init and its metadata
+    says lorakit_residual_init form "raw". Ignored for other adapters.
 
     Returns the directory written. A crash mid-save leaves the previous adapter files intact."""
     model = unwrap_model(model)
@@ -96,45 +107,65 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
         from lorakit.variants.adalora_io import save_adalora
 
         return save_adalora(model, path, adapter_name)
+    if rewrites_base(config.init_lora_weights):
+        from lorakit.io.init_export import residual_init_export
+
+        export, tensors, records = residual_init_export(model, adapter_name, raw=pissa_raw)
+        return write_adapter_files(model, path, adapter_name, export, tensors, records)
     return write_adapter_files(model, path, adapter_name, config, adapter_state_dict(model, adapter_name))
 
 
 def write_adapter_files(model: nn.Module, path: str | os.PathLike, adapter_name: str, config: LoraConfig,
                         tensors: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> Path:
-    """Write `tensors` (file keys) with `config` as an adapter directory, atomically; `extra`: more config keys."""
+    """Write `tensors` (file keys) with `config` as an adapter directory, atomically; `extra`: more lorakit records
+    for the weights' metadata (keys starting with "lorakit_")."""
     directory = Path(path) if adapter_name == "default" else Path(path) / adapter_name
+    records = dict(extra or {})
+    if wrapped.base_path(model):  # a wrapper (mean-pooling classifier): the files describe the model it wraps
+        model, config, tensors, records = wrapped.for_base_model(model, directory, config, tensors, records)
+    return write_files(directory, _config_for_file(model, config), tensors,
+                       {**lorakit_records(model, adapter_name), **records})
+
+
+def lorakit_records(model: nn.Module, adapter_name: str) -> dict[str, Any]:
+    """What every lorakit adapter file records about itself (in the weights' metadata)."""
+    return {"lorakit_version": __version__, "lorakit_fingerprint": fingerprint(model, adapter_name)}
+
+
+def write_files(directory: Path, config_values: dict[str, Any], tensors: dict[str, torch.Tensor],
+                records: dict[str, Any]) -> Path:
+    """adapter_config.json (`config_values`) and adapter_model.safetensors (`tensors`, `records` in the metadata)
+    written into `directory` atomically; the config is renamed in last."""
     if directory.exists() and not directory.is_dir():
         raise AdapterFileError(f"cannot save adapter to {directory}: a file of that name exists")
-    weights = safetensors_save(tensors, metadata={"format": "pt"})
-    config_dict = _config_for_file(model, config, adapter_name)
-    config_dict.update(extra or {})
-    config_dict["lorakit_weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    config_bytes = (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode()
+    config_bytes = (json.dumps(config_values, indent=2, sort_keys=True) + "\n").encode()
+    weights = encode_weights(tensors, records, config_bytes)
     directory.mkdir(parents=True, exist_ok=True)
     replace_files(directory, {WEIGHTS_NAME: weights, CONFIG_NAME: config_bytes})  # the config last: it commits
     return directory
 
 
-def _config_for_file(model: nn.Module, config: LoraConfig, adapter_name: str) -> dict[str, Any]:
+def _config_for_file(model: nn.Module, config: LoraConfig) -> dict[str, Any]:
     values = config.to_dict()
     if values["target_modules"] is None:  # record what the default resolved to, so every tool agrees
         values["target_modules"] = sorted(default_targets(model))
     if values["base_model_name_or_path"] is None:
         values["base_model_name_or_path"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    values["lorakit_version"] = __version__
-    values["lorakit_fingerprint"] = fingerprint(model, adapter_name)
     return values
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
 def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_pickle: bool = False):
-    """Read and validate an adapter directory without a model: (LoraConfig, extra config keys, tensors, dir).
+    """Read and validate an adapter directory without a model: (LoraConfig, lorakit records, tensors, dir).
 
+    The records (lorakit_fingerprint, lorakit_version, lorakit_weights_sha256, a variant's) come from the weights'
+    metadata, or from adapter_config.json in files written before that layout.
     The config is an AdaLoraConfig for an AdaLoRA file (its tensors keep PEFT's lora_A / lora_E / lora_B keys)."""
     directory = resolve_directory(Path(path), adapter_name)
     config_path = directory / CONFIG_NAME
     try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
+        config_bytes = config_path.read_bytes()
+        raw = json.loads(config_bytes.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise AdapterFileError(f"{config_path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except (UnicodeDecodeError, OSError) as exc:
@@ -150,8 +181,8 @@ def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_p
             config, extra = LoraConfig.from_peft_dict(raw)
     except LorakitError as exc:
         raise AdapterFileError(f"{config_path}: {exc}") from None
-    tensors = _read_weights(directory, allow_pickle, extra.get("lorakit_weights_sha256"))
-    return config, extra, tensors, directory
+    tensors, records = _read_weights(directory, allow_pickle, config_bytes, extra.get("lorakit_weights_sha256"))
+    return config, {**extra, **records}, tensors, directory
 
 
 def resolve_directory(path: Path, adapter_name: str) -> Path:
@@ -169,12 +200,18 @@ def resolve_directory(path: Path, adapter_name: str) -> Path:
     raise AdapterFileError(f"no {CONFIG_NAME} in {path} (nor in {path / adapter_name}); found {found[:20]}")
 
 
-def _read_weights(directory: Path, allow_pickle: bool, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+def _read_weights(directory: Path, allow_pickle: bool, config_bytes: bytes,
+                  legacy_sha256: str | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, records of the weights' metadata); verified against the checksums wherever the file has them."""
     weights_path = directory / WEIGHTS_NAME
-    if weights_path.is_file() or (expected_sha256 and recover_backup(weights_path, expected_sha256)):
-        data = _checked_bytes(weights_path, expected_sha256)
+    if weights_path.is_file() or (legacy_sha256 and recover_backup(weights_path, legacy_sha256)):
+        if legacy_sha256:  # an old-layout file: the config holds the sha256 of the whole weights file
+            data = legacy_weights(weights_path, legacy_sha256)
+            records: dict[str, Any] = {}
+        else:
+            data, records = checked_weights(weights_path, config_bytes)
         try:
-            return safetensors_load(data)
+            return safetensors_load(data), records
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
             raise AdapterFileError(f"{weights_path} is corrupt or truncated ({exc})") from None
     pickle_path = directory / PICKLE_WEIGHTS_NAME
@@ -190,25 +227,8 @@ def _read_weights(directory: Path, allow_pickle: bool, expected_sha256: str | No
             raise AdapterFileError(f"{pickle_path} could not be read safely ({exc})") from None
         if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             raise AdapterFileError(f"{pickle_path} does not hold a dict of tensors")
-        return tensors
+        return tensors, {}
     raise AdapterFileError(f"no adapter weights in {directory}: expected {WEIGHTS_NAME}")
-
-
-def _checked_bytes(weights_path: Path, expected_sha256: str | None) -> bytes:
-    data = weights_path.read_bytes() if weights_path.is_file() else b""
-    if not expected_sha256 or hashlib.sha256(data).hexdigest() == expected_sha256:
-        return data
-    previous = recover_backup(weights_path, expected_sha256)
-    if previous is not None:  # a save was killed between its two renames: the old pair is still whole
-        warnings.warn(
-            f"{weights_path} is from an interrupted save; loading the previous weights that match {CONFIG_NAME}",
-            stacklevel=4,
-        )
-        return previous
-    raise AdapterFileError(
-        f"{weights_path} does not match the checksum in its {CONFIG_NAME} (edited or truncated file, or files from "
-        "two different saves); save the adapter again"
-    )
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -236,8 +256,12 @@ def load_adapter(
     source = f"adapter {directory}"
     if adapter_name in adapter_configs(inner):
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
+    fingerprinted = inner
+    if wrapped.base_path(inner) and wrapped.in_base_layout(inner, tensors):  # see io/wrapped.py
+        config, tensors = wrapped.for_wrapper(inner, config, tensors, extra, directory)
+        fingerprinted = inner.get_submodule(wrapped.base_path(inner))
     if extra.get("lorakit_fingerprint"):
-        check_fingerprint(extra["lorakit_fingerprint"], inner, source)
+        check_fingerprint(extra["lorakit_fingerprint"], fingerprinted, source)
     config.inference_mode = not trainable
     with restore_on_error(inner, adapter_name, config):
         try:
@@ -250,6 +274,7 @@ def load_adapter(
 
 def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
     saved_paths = frozenset(p for p, _ in trainable_copies(model))
+    bias_mode = get_config(model, adapter_name).bias
     params = dict(model.state_dict(keep_vars=True))
     position = {key: i for i, key in enumerate(params)}
     expected = {k for k in params if to_file_key(k, adapter_name) is not None}
@@ -268,6 +293,7 @@ def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter
                 f"(layer {layer_path_of(file_key)!r}); was it saved from another base model, or with a setting "
                 "(target_modules, use_dora, ...) that its adapter_config.json does not record?"
             )
+        _check_may_change(model_key, file_key, adapter_name, bias_mode, source)
         target = params[model_key]
         if tuple(target.shape) != tuple(tensor.shape):
             raise AdapterFileError(_shape_message(source, file_key, tensor, target))
@@ -284,6 +310,26 @@ def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter
     with torch.no_grad():
         for target, tensor in pairs:
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+
+# layer names whose base weight PEFT saves beside the adapter (save_embedding_layers="auto" when they are targeted)
+SAVED_EMBEDDING_NAMES = ("embed_tokens", "lm_head")
+
+
+def _check_may_change(model_key: str, file_key: str, adapter_name: str, bias_mode: str, source: str) -> None:
+    """A file tensor that lands on a base parameter (not an adapter tensor, not a modules_to_save copy) is allowed
+    only for the biases the config trains; anything else would silently overwrite the base model."""
+    if to_file_key(model_key, adapter_name) is not None:
+        return  # an adapter tensor, or a modules_to_save copy
+    if model_key.endswith(".bias") and bias_mode != "none":
+        return
+    layer, _, param = model_key.rpartition(".base_layer.")
+    if param == "weight" and layer.rpartition(".")[2] in SAVED_EMBEDDING_NAMES:
+        return  # PEFT's save_embedding_layers: the (possibly resized) embedding of an adapted embed_tokens / lm_head
+    what = "a bias, but the adapter's config has bias='none'" if model_key.endswith(".bias") else \
+        "a base model weight, and the adapter's config names no modules_to_save that holds it"
+    raise AdapterFileError(f"{source} has tensor {file_key}, which is {what}; loading it would overwrite the base "
+                           "model (add the module to modules_to_save, or remove the tensor from the file)")
 
 
 def _shape_message(source: str, file_key: str, tensor: torch.Tensor, target: torch.Tensor) -> str:

@@ -1,6 +1,7 @@
 """A fingerprint of the base model an adapter was made for, checked before the adapter is loaded.
 
-Written into adapter_config.json as `lorakit_fingerprint` (PEFT ignores it):
+Written into the safetensors metadata of adapter_model.safetensors as `lorakit_fingerprint` (JSON; io/metadata.py:
+PEFT and transformers do not read it); files of older lorakit versions have it in adapter_config.json.
   architecture   the model's class name (a different class of the same family only warns: LlamaForCausalLM
                  and LlamaForSequenceClassification share their layers)
   model_type     transformers' config.model_type; a different one is refused

@@ -1,10 +1,15 @@
-"""Initial values of A and B from the base weight (PiSSA, OLoRA): pure functions on tensors."""
+"""Initial values of A and B from the base weight (PiSSA, OLoRA): pure functions on tensors, and the record of
+those first values that saving needs (the base then holds W - s*B0@A0, so a file exact on the original W must
+subtract s*B0@A0: io/init_export.py)."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lorakit.errors import ConfigError
+
+INITIAL_ATTR = "lora_initial"  # {adapter name: (A0, B0)}: a plain attribute, outside state_dict and parameters()
 
 
 def pissa_init(weight: torch.Tensor, r: int, scaling: float, niter: int | None = None):
@@ -48,3 +53,18 @@ def parse_pissa(init: bool | str) -> tuple[bool, int | None]:
     if isinstance(init, str) and init.startswith("pissa"):
         return True, (int(init.rsplit("_", 1)[1]) if init != "pissa" else None)
     return False, None
+
+
+def rewrites_base(init: bool | str) -> bool:
+    """True for the inits that move the base weight to a residual (PiSSA in every form, OLoRA)."""
+    return parse_pissa(init)[0] or init == "olora"
+
+
+def remember_initial(layer: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Keep copies of adapter `name`'s first (A0, B0) on the layer: not saved, not trained, not in state_dict."""
+    layer.__dict__.setdefault(INITIAL_ATTR, {})[name] = (a.detach().clone(), b.detach().clone())
+
+
+def initial_factors(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (A0, B0) remember_initial kept for adapter `name`, or None."""
+    return layer.__dict__.get(INITIAL_ATTR, {}).get(name)

@@ -11,7 +11,7 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
 from lorakit.layers.fast_linear import fast_forward
-from lorakit.layers.init import olora_init, parse_pissa, pissa_init
+from lorakit.layers.init import olora_init, parse_pissa, pissa_init, remember_initial
 
 
 class LoraLinear(LoraLayer):
@@ -59,6 +59,7 @@ class LoraLinear(LoraLayer):
         self.lora_A[name].weight.copy_(a)
         self.lora_B[name].weight.copy_(b)
         self.base_weight.copy_(residual.T if self.fan_in_fan_out else residual)
+        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # for saving (io/init_export)
 
     def lora_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[name].weight, self.lora_B[name].weight

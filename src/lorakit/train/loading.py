@@ -59,7 +59,11 @@ def load_tokenizer(path: Path):
 class MeanPoolClassifier(nn.Module):
     """logits = classifier(mean of the encoder's token states over the attention mask).
 
-    How sentence-embedding models (all-MiniLM-L6-v2) are meant to be used; `encoder` is a plain AutoModel."""
+    How sentence-embedding models (all-MiniLM-L6-v2) are meant to be used; `encoder` is a plain AutoModel.
+    Its adapter files describe the encoder (they load onto AutoModel in PEFT); the head is a sidecar file
+    (lorakit/io/wrapped.py)."""
+
+    lorakit_base_path = "encoder"
 
     def __init__(self, encoder: nn.Module, num_labels: int) -> None:
         super().__init__()
@@ -220,19 +224,23 @@ def model_config_for_adapter(adapter_dir: Path, task: str = "auto",
     import yaml
 
     from lorakit.io.checkpoint import read_adapter
+    from lorakit.io.keys import PREFIX
+    from lorakit.io.wrapped import HEAD_SHA, read_head
 
     run_file = Path(adapter_dir) / "train_config.yaml"
     run = yaml.safe_load(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
     model_section = dict(run.get("model") or {})
     labels = (run.get("data") or {}).get("labels")
-    lora, _, tensors, _ = read_adapter(adapter_dir)
+    lora, records, tensors, directory = read_adapter(adapter_dir)
+    head = read_head(directory, records.get(HEAD_SHA))  # a mean-pooling classifier's head (io/wrapped.py)
     if task == "auto":
-        task = model_section.get("task") or ADAPTER_TASKS.get(lora.task_type or "")
+        task = model_section.get("task") or ("seq-cls" if head else ADAPTER_TASKS.get(lora.task_type or ""))
         task = task or (task_of_checkpoint(base) if base is not None else "base")
     if task == "base":
         return None, None
     same_run = model_section.get("task") == task
-    pooling = model_section.get("pooling", "auto") if same_run else "auto"
+    pooling = model_section.get("pooling", "auto") if same_run else ("mean" if head else "auto")
+    tensors = {**tensors, **{PREFIX + k: v for k, v in head.items()}}
     # a QLoRA run: the base as it was trained (quantized), so a merge can report how far it moves the outputs
     quant = {k: model_section[k] for k in ("quantization", "compute_dtype", "double_quant")
              if same_run and model_section.get(k) is not None}

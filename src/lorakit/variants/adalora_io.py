@@ -1,7 +1,8 @@
 """Save / load AdaLoRA adapters in PEFT's AdaLoRA format (peft_type "ADALORA"), loadable by PeftModel.
 
 Files: adapter_config.json (AdaLoraConfig fields; rank_pattern = {"<path>.lora_E": [keep?] * init_r}) and
-adapter_model.safetensors with the kept triplets only, as PEFT writes them:
+adapter_model.safetensors with the kept triplets only, as PEFT writes them (lorakit's records in its metadata, as
+for every adapter: io/metadata.py):
     base_model.model.<path>.lora_A  (k, in)    base_model.model.<path>.lora_E  (k, 1)
     base_model.model.<path>.lora_B  (out, k)   k = the layer's final rank (sum of its rank_pattern)
 modules_to_save tensors use the LoRA key mapping (io/keys.py).
@@ -10,22 +11,17 @@ modules_to_save tensors use the LoRA key mapping (io/keys.py).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from lorakit import __version__
 from lorakit.adapters import get_config
 from lorakit.errors import AdapterFileError, LorakitError
 from lorakit.inject import default_targets, trainable_copies
-from lorakit.io.atomic import replace_files
-from lorakit.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME, resolve_directory
-from lorakit.io.fingerprint import fingerprint
+from lorakit.io.checkpoint import CONFIG_NAME, lorakit_records, resolve_directory, write_files
 from lorakit.io.keys import PREFIX, model_key_candidates, to_file_key
 from lorakit.variants.adalora import AdaLoraConfig, adalora_layers
 
@@ -54,15 +50,13 @@ def adalora_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
     return out
 
 
-def config_for_file(model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> dict:
+def config_for_file(model: nn.Module, config: AdaLoraConfig) -> dict:
     values = dataclasses.asdict(config)
     values["rank_pattern"] = {f"{p}.lora_E": list(map(bool, k)) for p, k in config.rank_pattern.items()} or None
     if values["target_modules"] is None:
         values["target_modules"] = sorted(default_targets(model))
     elif isinstance(values["target_modules"], list):
         values["target_modules"] = sorted(values["target_modules"])
-    values["lorakit_version"] = __version__
-    values["lorakit_fingerprint"] = fingerprint(model, adapter_name)
     return values
 
 
@@ -74,17 +68,13 @@ def save_adalora(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     if config.total_step is None:
         raise AdapterFileError("AdaLoRA's total_step is unset (PEFT refuses such a config); set it before saving")
     directory = Path(path) if adapter_name == "default" else Path(path) / adapter_name
-    weights = safetensors_save(adalora_state_dict(model, adapter_name), metadata={"format": "pt"})
-    values = config_for_file(model, config, adapter_name)
-    values["lorakit_weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    directory.mkdir(parents=True, exist_ok=True)
-    config_bytes = (json.dumps(values, indent=2, sort_keys=True) + "\n").encode()
-    replace_files(directory, {WEIGHTS_NAME: weights, CONFIG_NAME: config_bytes})
-    return directory
+    return write_files(directory, config_for_file(model, config), adalora_state_dict(model, adapter_name),
+                       lorakit_records(model, adapter_name))
 
 
 def read_adalora_config(values: dict, adapter_name: str) -> tuple[AdaLoraConfig, dict]:
-    """AdaLoraConfig from adapter_config.json values (PEFT's or ours). Returns (config, lorakit_* extras)."""
+    """AdaLoraConfig from adapter_config.json values (PEFT's or ours). Returns (config, lorakit_* extras: files
+    written before lorakit's records moved to the weights' metadata had them in the config)."""
     if values.get("peft_type") != "ADALORA":
         raise AdapterFileError(f"peft_type={values.get('peft_type')!r}: not an AdaLoRA adapter ('ADALORA')")
     known = set(AdaLoraConfig.field_names())
