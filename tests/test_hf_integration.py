@@ -75,9 +75,9 @@ def test_save_pretrained_on_injected_and_merged_model(tmp_path, base, model) -> 
     from safetensors.torch import load_file
 
     ids = token_ids()
-    model.save_pretrained(tmp_path / "injected")  # the full model, adapter tensors included
-    keys = set(load_file(tmp_path / "injected" / "model.safetensors"))
-    assert "model.layers.0.self_attn.q_proj.lora_A.default.weight" in keys
+    model.save_pretrained(tmp_path / "injected")  # the PEFT adapter (tests/test_hf_trainer.py reloads it)
+    keys = set(load_file(tmp_path / "injected" / "adapter_model.safetensors"))
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
     expected = _logits(model, ids)
     merged = lorakit.merge_and_unload(model)
     merged.save_pretrained(tmp_path / "merged")  # a plain checkpoint of the base architecture

@@ -92,6 +92,9 @@ def add_adapter(
         else:
             _apply_trainable(model)
         _apply_bias_mode(model, config)
+    from lorakit import hf_save  # imported here: it saves through io/, which builds on this module
+
+    hf_save.install(model)  # save_pretrained now writes the PEFT adapter
     return model
 
 
@@ -184,6 +187,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
             set_submodule(model, path, wrapper.original_module)
     del adapter_configs(model)[adapter_name]
     model.__dict__[ACTIVE_ATTR] = [a for a in active_adapters(model) if a != adapter_name]
+    if not adapter_configs(model):
+        _forget_save_pretrained(model)
 
 
 @contextmanager
@@ -270,7 +275,15 @@ def unload(model: nn.Module, _merged_ok: bool = False) -> nn.Module:
         set_submodule(model, path, wrapper.active_module() if _merged_ok else wrapper.original_module)
     model.__dict__.pop(REGISTRY_ATTR, None)
     model.__dict__.pop(ACTIVE_ATTR, None)
+    _forget_save_pretrained(model)
     return model
+
+
+def _forget_save_pretrained(model: nn.Module) -> None:
+    """Without adapters the model saves as its class does again (see lorakit.hf_save)."""
+    from lorakit import hf_save  # imported here, as in add_adapter
+
+    hf_save.uninstall(model)
 
 
 # -- parameter counts --------------------------------------------------------------------------------------
