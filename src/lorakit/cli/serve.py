@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     quiet_transformers()
+    _log_to_stderr(args.log_level)
     path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -83,6 +85,16 @@ def run(args: argparse.Namespace) -> int:
         print("lorakit serve: no --api-key: adapter management endpoints are disabled", file=sys.stderr)
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0
+
+
+def _log_to_stderr(level: str) -> None:
+    """The server's own log (a failed request: its id, the exception, the traceback) on stderr beside uvicorn's."""
+    logger = logging.getLogger("lorakit")
+    logger.setLevel(level.upper())
+    if not logger.handlers:  # once per process
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 def _check(args: argparse.Namespace) -> None:

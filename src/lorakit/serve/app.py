@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +32,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the lorakit server needs FastAPI and uvicorn: pip install 'lorakit[serve]' "
                       "(or pip install fastapi uvicorn)") from exc
+
+logger = logging.getLogger("lorakit.serve")
+MAX_JSON_DEPTH = 32  # OpenAI request bodies nest a few levels; far deeper is an attack on the parser
 
 
 @dataclass
@@ -66,7 +70,8 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
         return ApiError(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "error").response()
 
     @app.exception_handler(Exception)
-    async def unexpected(_request, exc: Exception) -> JSONResponse:  # never a crash, never a traceback to the client
+    async def unexpected(request, exc: Exception) -> JSONResponse:  # never a crash, never a traceback to the client
+        logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc, exc_info=exc)
         return ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
 
     def check_key(request: HttpRequest, management: bool) -> None:
@@ -90,6 +95,8 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
         except LorakitError as exc:
             response = ApiError(400, str(exc), param=getattr(exc, "param", None)).response()
         except Exception as exc:  # a bug, never a crash: a JSON 500 (the details stay in the server's log)
+            logger.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
+                         exc_info=exc)
             response = ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
         if not isinstance(response, StreamingResponse):  # streams record themselves when they end
             record(endpoint, label[0], response.status_code, start)
@@ -162,16 +169,15 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
                 prompt = await asyncio.to_thread(parsed.prompt_ids, tokenizer)
             params = sampling(parsed, len(prompt), chat)
             events, submit = bridge(asyncio.get_running_loop())
-            job = Request(prompt, params, adapters, label[0], *submit)
+            shape = Shape(chat, parsed.model, len(prompt))
+            job = Request(prompt, params, adapters, label[0], *submit, request_id=shape.id)
             try:
                 engine.submit(job)
             except QueueFull as exc:
                 raise ApiError(429, str(exc), "rate_limit_error") from None
-            shape = Shape(chat, parsed.model, len(prompt))
             if parsed.stream:
-                include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-                stream = sse(events, job, shape, include_usage, lambda status: record(endpoint, label[0], status,
-                                                                                       start))
+                stream = sse(events, job, shape, parsed.include_usage(),
+                             lambda status: record(endpoint, label[0], status, start))
                 return StreamingResponse(stream, media_type="text/event-stream")
             return await collect(events, job, shape)
 
@@ -257,20 +263,39 @@ def create_app(engine: Engine, limits: Limits | None = None, api_key: str | None
 # -- request plumbing -------------------------------------------------------------------------------------------------
 async def read_json(request: HttpRequest, limit: int) -> dict:
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and not length.isdigit():  # uvicorn refuses these first; other servers may not
+        raise ApiError(400, f"Content-Length {length[:32]!r} is not a number of bytes")
+    if length is not None and int(length) > limit:
         raise ApiError(413, f"request body over the limit of {limit} bytes", code="request_too_large")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body over the limit of {limit} bytes", code="request_too_large")
+    too_deep = ApiError(400, f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
     try:
         data = json.loads(body)
+    except RecursionError:  # the parser recursed past Python's limit: far beyond MAX_JSON_DEPTH
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    if _depth_exceeds(data, MAX_JSON_DEPTH):  # deep values would recurse in validation and comparison later
+        raise too_deep
     return data
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether arrays / objects nest more than `limit` levels (iterative: the depth is not known to be safe)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def bridge(loop: asyncio.AbstractEventLoop):

@@ -46,6 +46,7 @@ class Request:
     fail: Callable[[int, str], None]  # (HTTP status, message)
     created: float = field(default_factory=time.perf_counter)
     cancel: threading.Event = field(default_factory=threading.Event)
+    request_id: str = "-"  # the response id (cmpl-..., chatcmpl-...): in the log and in error messages
 
 
 class QueueFull(LorakitError):
@@ -105,9 +106,7 @@ class Engine:
                 try:
                     self._run(batch)
                 except Exception as exc:  # e.g. an adapter file unreadable mid-load: fail the batch, keep serving
-                    logger.exception("batch failed")
-                    for request in batch:
-                        request.fail(500, f"generation failed: {type(exc).__name__}: {exc}")
+                    _fail_batch(batch, exc)
 
     def _run_commands(self) -> None:
         while True:
@@ -184,10 +183,8 @@ class Engine:
         try:
             if rows:
                 generate_batch(self.model, self.tokenizer, rows, set_rows, self.eos_ids, self.max_positions, admit)
-        except Exception as exc:  # a failing batch fails its requests, never the server
-            for request, row in zip(requests, rows, strict=True):
-                if not row.done:
-                    request.fail(500, f"generation failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failure of the whole batch (its forward) fails its requests, never the server
+            _fail_batch([request for request, row in zip(requests, rows, strict=True) if not row.done], exc)
         finally:
             for layer in self.cache.layers():
                 layer.mixed_rows = None
@@ -207,6 +204,8 @@ class Engine:
                 self.metrics.observe("lorakit_adapter_load_seconds", {}, time.perf_counter() - start)
             except Exception as exc:  # a bad or unreadable adapter fails only the requests that asked for it
                 status = 404 if isinstance(exc, UnknownAdapter) else 400 if isinstance(exc, LorakitError) else 500
+                if status == 500:
+                    logger.error("adapter %r could not be loaded: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
                 for request in batch:
                     if any(n == name for n, _ in request.adapters):
                         request.fail(status, str(exc) if status < 500 else f"{type(exc).__name__}: {exc}")
@@ -224,4 +223,20 @@ class Engine:
             self.metrics.observe("lorakit_generation_seconds", labels, seconds)
             request.finish(reason, tokens)
 
-        return Row(request.prompt_ids, request.params, request.emit, finish, request.cancel.is_set)
+        def fail(exc: Exception) -> None:  # this row alone failed; the batch goes on without it
+            logger.error("request %s failed alone: %s: %s", request.request_id, type(exc).__name__, exc,
+                         exc_info=exc)
+            request.fail(500, _failure_message(request, exc))
+
+        return Row(request.prompt_ids, request.params, request.emit, finish, request.cancel.is_set, fail)
+
+
+def _failure_message(request: Request, exc: Exception) -> str:
+    return f"generation failed (request {request.request_id}): {type(exc).__name__}: {exc}"
+
+
+def _fail_batch(requests: list[Request], exc: Exception) -> None:
+    logger.error("batch of %d request(s) failed (%s): %s: %s", len(requests),
+                 ", ".join(r.request_id for r in requests), type(exc).__name__, exc, exc_info=exc)
+    for request in requests:
+        request.fail(500, _failure_message(request, exc))

@@ -26,6 +26,7 @@ from lorakit.io.checkpoint import CONFIG_NAME, read_adapter
 from lorakit.io.fingerprint import check_fingerprint
 from lorakit.io.keys import NAMED_CONTAINERS, PREFIX
 from lorakit.layers.base import LOW_PRECISION, LoraLayer
+from lorakit.layers.init import rewrites_base
 from lorakit.mixed import MixedPlan, RowWeights
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
@@ -106,7 +107,16 @@ class AdapterCache:
         source = f"adapter {name!r} ({directory})"
         if extra.get("lorakit_fingerprint"):
             check_fingerprint(extra["lorakit_fingerprint"], self.model, source)
+        if rewrites_base(config.init_lora_weights):  # the factors mean something only on a re-decomposed base
+            raise AdapterFileError(
+                f"{source} is a raw {config.init_lora_weights} adapter: it holds factors for a base whose weights "
+                "were replaced by a residual, so applying it to this model's weights would serve a different model; "
+                "save it again with lorakit.save_adapter (without pissa_raw=True), which writes a plain LoRA exact "
+                "on the original base")
         grouped = _group_by_layer(tensors, source)
+        if not grouped:  # nothing would land on the model: serving it would answer as the base under its name
+            raise AdapterFileError(f"{source} holds no tensor (an empty adapter_model.safetensors); save the "
+                                   "adapter again")
         if config.peft_type == "ADALORA":  # SVD triplets: A = Λ ⊙ Q, B = P; a layer pruned to rank 0 adds nothing
             grouped = {p: _adalora_as_lora(parts) for p, parts in grouped.items() if parts["lora_E"].numel()}
         layers, nbytes = {}, 0

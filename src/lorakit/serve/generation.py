@@ -1,12 +1,14 @@
 """Token generation for a batch of rows: sampling (temperature, top_p, seed), stop strings, max_tokens, and a KV
-cache (transformers' DynamicCache as past_key_values). Rows that finish leave the batch at once (their KV cache rows
-and plan rows are dropped), so the batch only ever computes live rows.
+cache (transformers' DynamicCache, passed as `cache=`). Rows that finish leave the batch at once (their KV cache rows
+and plan rows are dropped), so the batch only ever computes live rows. A row whose own work fails (its set-up, its
+sampling, its text) leaves the same way and is handed its exception; the other rows go on.
 
 Prompts are left-padded; position ids count real tokens only, so a row's tokens are those it gets when run alone.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -30,7 +32,11 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """One token id from a (vocab,) row of logits."""
     if params.temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    logits = logits.float()
+    # shifted so the top logit is 0, and the temperature kept a normal float32: a tiny temperature then sends the
+    # others to -inf (the greedy limit), where logits / temperature overflowed to inf - inf (or 0 / 0) = NaN
+    temperature = max(params.temperature, torch.finfo(torch.float32).tiny)
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(0) - sorted_probs  # mass of the tokens ranked above each one
@@ -85,6 +91,7 @@ class Row:
     emit: Callable[[str], None]
     finish: Callable[[str, int], None]  # (finish_reason: "stop" | "length", completion tokens)
     cancelled: Callable[[], bool] = lambda: False
+    fail: Callable[[Exception], None] | None = None  # the row failed alone; None: the exception fails the batch
     generated: int = 0
     done: bool = False
 
@@ -119,27 +126,39 @@ class RunningBatch:
         self.model, self.tokenizer, self.set_rows = model, tokenizer, set_rows
         self.eos_ids, self.max_positions = eos_ids, max_positions
         self.device = next(model.parameters()).device
+        self.cache_arg = cache_argument(model)
         self.rows: list[Row] = []
-        self.streams: list[TextStream] = []
-        self.generators: list[torch.Generator] = []
+        self.streams: list[TextStream | None] = []  # None: the row failed in its set-up
+        self.generators: list[torch.Generator | None] = []
         self.live: list[int] = []  # indices into self.rows, in batch order
         self.cache = self.mask = self.next_pos = self.logits = None
 
     def add(self, rows: list[Row]) -> None:
-        """Prefill `rows` and append them to the batch."""
+        """Set up and prefill `rows`, then append them to the batch (a row whose set-up fails is failed alone)."""
         from transformers import DynamicCache
 
-        first = len(self.rows)
-        self.rows += rows
-        self.streams += [TextStream(self.tokenizer, row.params.stop) for row in rows]
-        self.generators += [_generator(row.params.seed) for row in rows]
-        ids, mask = _left_pad([row.prompt_ids for row in rows], self.tokenizer, self.device)
+        ready = []
+        for row in rows:
+            self.rows.append(row)
+            stream = generator = None
+            try:
+                stream, generator = TextStream(self.tokenizer, row.params.stop), _generator(row.params.seed)
+                ready.append(len(self.rows) - 1)
+            except Exception as exc:
+                self._fail(row, exc)
+            self.streams.append(stream)
+            self.generators.append(generator)
+        if not ready:
+            return
+        ids, mask = _left_pad([self.rows[i].prompt_ids for i in ready], self.tokenizer, self.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        indices = list(range(first, len(self.rows)))
-        self.set_rows(indices)
+        self.set_rows(ready)
         cache = DynamicCache()
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True).logits[:, -1]  # (rows, vocab)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{self.cache_arg: cache}).logits[:, -1]  # (rows, vocab)
+        if getattr(cache, "layers", None) == []:  # filled lazily: a forward that ignored it would decode blind
+            raise LorakitError(f"{type(self.model).__name__} did not fill the KV cache passed as `{self.cache_arg}=`; "
+                               "serving needs a forward that takes transformers' `cache` (or `past_key_values`)")
         if not self.live:
             self.cache, self.mask, self.next_pos, self.logits = cache, mask, positions[:, -1:] + 1, logits
         else:  # continuous batching: left-pad the shorter cache, then stack the rows
@@ -150,7 +169,7 @@ class RunningBatch:
             self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
             self.next_pos = torch.cat([self.next_pos, positions[:, -1:] + 1])
             self.logits = torch.cat([self.logits, logits])
-        self.live += indices
+        self.live += ready
 
     def mergeable(self) -> bool:
         """Plain per-layer key/value tensors (DynamicCache): rows can join. Sliding-window caches cannot."""
@@ -165,8 +184,13 @@ class RunningBatch:
             row = self.rows[i]
             if row.cancelled():
                 continue
-            token = sample(self.logits[j], row.params, self.generators[i])
-            if not self._finished(row, self.streams[i], token):
+            try:
+                token = sample(self.logits[j], row.params, self.generators[i])
+                finished = self._finished(row, self.streams[i], token)
+            except Exception as exc:  # this row's own failure: it leaves the batch, the others go on
+                self._fail(row, exc)
+                continue
+            if not finished:
                 tokens.append(token)
                 keep.append(j)
         if len(keep) < len(self.live):
@@ -199,14 +223,42 @@ class RunningBatch:
         row.finish(reason, row.generated)
         return True
 
+    @staticmethod
+    def _fail(row: Row, exc: Exception) -> None:
+        if row.fail is None:
+            raise exc
+        if not row.done:
+            row.done = True
+            row.fail(exc)
+
     def forward(self, tokens: list[int]) -> None:
         """One decoding step for the live rows."""
         self.set_rows(self.live)
         step = torch.tensor(tokens, device=self.device)[:, None]  # (rows, 1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.live), 1)], dim=1)
-        self.logits = self.model(input_ids=step, attention_mask=self.mask, position_ids=self.next_pos,
-                                 past_key_values=self.cache, use_cache=True).logits[:, -1]
+        self.logits = self.model(input_ids=step, attention_mask=self.mask, position_ids=self.next_pos, use_cache=True,
+                                 **{self.cache_arg: self.cache}).logits[:, -1]
         self.next_pos = self.next_pos + 1
+
+
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` (transformers >= 5.x; the old `past_key_values`
+    is deprecated there and goes away in 5.40) or `past_key_values` (older transformers, remote code). A forward
+    that names neither (`**kwargs` wrappers) gets the installed transformers' own convention."""
+    params = _parameters(model.forward)
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    from transformers import GenerationMixin
+
+    return "cache" if "cache" in _parameters(GenerationMixin.prepare_inputs_for_generation) else "past_key_values"
+
+
+def _parameters(function) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # a builtin or compiled callable without a signature
+        return set()
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

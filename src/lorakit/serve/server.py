@@ -49,11 +49,18 @@ def _uvicorn():
     return uvicorn
 
 
+def _http_protocol():
+    """uvicorn's own protocol, answering unparseable requests with a JSON 400 and a close that loses no reply."""
+    from lorakit.serve.protocol import LingeringHTTPProtocol
+
+    return LingeringHTTPProtocol
+
+
 def serve_forever(app, engine: Engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     uvicorn = _uvicorn()
     engine.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, http=_http_protocol())
     finally:
         engine.stop()
 
@@ -65,7 +72,7 @@ class BackgroundServer:
         uvicorn = _uvicorn()
         self.engine = engine
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    lifespan="off"))
+                                                    lifespan="off", http=_http_protocol()))
         self.thread = threading.Thread(target=self.server.run, name="lorakit-http", daemon=True)
 
     def __enter__(self) -> BackgroundServer:
