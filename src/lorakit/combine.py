@@ -5,7 +5,8 @@ returns one pair (A, B) whose scaling is 1:
   cat          A = [c_i A_i] stacked, B = [B_i] side by side     exact: B A = sum c_i B_i A_i (rank sum r_i)
   svd          best rank-k approximation of sum c_i B_i A_i (exact when k >= its rank)
   linear       A = sum sqrt|c_i| A_i, B = sum sign(c_i) sqrt|c_i| B_i (same ranks; exact for one adapter)
-  ties         TIES-merging (trim, elect sign, disjoint mean) of the A's and of the B's (same ranks)
+  ties         TIES-merging (trim, elect sign, disjoint mean) of the A's and of the B's (same ranks); each entry's
+               sign is elected by total mass ("total") or by count ("frequency", a tie broken by mass)
   dare_linear  DARE (drop with p = 1 - density, rescale) then linear (same ranks)
   dare_ties    DARE then TIES (same ranks)
 """
@@ -47,10 +48,11 @@ def combine_linear(pairs: list[Pair], coeffs: list[float]) -> Pair:
     return a, b
 
 
-def combine_ties(pairs: list[Pair], coeffs: list[float], density: float) -> Pair:
+def combine_ties(pairs: list[Pair], coeffs: list[float], density: float, majority_sign: str = "total") -> Pair:
     _same_rank(pairs)
     a_parts, b_parts = _split_weighted(pairs, coeffs)
-    return ties_merge([trim(t, density) for t in a_parts]), ties_merge([trim(t, density) for t in b_parts])
+    return (ties_merge([trim(t, density) for t in a_parts], majority_sign),
+            ties_merge([trim(t, density) for t in b_parts], majority_sign))
 
 
 def combine_dare_linear(pairs: list[Pair], coeffs: list[float], density: float, generator: torch.Generator) -> Pair:
@@ -59,11 +61,12 @@ def combine_dare_linear(pairs: list[Pair], coeffs: list[float], density: float, 
     return sum(dare(t, density, generator) for t in a_parts), sum(dare(t, density, generator) for t in b_parts)
 
 
-def combine_dare_ties(pairs: list[Pair], coeffs: list[float], density: float, generator: torch.Generator) -> Pair:
+def combine_dare_ties(pairs: list[Pair], coeffs: list[float], density: float, generator: torch.Generator,
+                      majority_sign: str = "total") -> Pair:
     _same_rank(pairs)
     a_parts, b_parts = _split_weighted(pairs, coeffs)
-    return (ties_merge([dare(t, density, generator) for t in a_parts]),
-            ties_merge([dare(t, density, generator) for t in b_parts]))
+    return (ties_merge([dare(t, density, generator) for t in a_parts], majority_sign),
+            ties_merge([dare(t, density, generator) for t in b_parts], majority_sign))
 
 
 def trim(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -81,10 +84,13 @@ def dare(tensor: torch.Tensor, density: float, generator: torch.Generator) -> to
     return tensor * keep / density
 
 
-def ties_merge(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Elect each entry's sign by total mass, then average the entries that agree with it."""
+def ties_merge(tensors: list[torch.Tensor], majority_sign: str = "total") -> torch.Tensor:
+    """Elect each entry's sign by total mass (or by count, "frequency"), then average the entries that agree."""
     stacked = torch.stack(tensors)
     sign = torch.sign(stacked.sum(dim=0))
+    if majority_sign == "frequency":  # more positive than negative entries; as many of each: the mass decides
+        count = torch.sign(stacked).sum(dim=0)
+        sign = torch.where(count != 0, torch.sign(count), sign)
     agree = (torch.sign(stacked) == sign) & (stacked != 0)
     count = agree.sum(dim=0).clamp(min=1)
     return (stacked * agree).sum(dim=0) / count
@@ -107,12 +113,15 @@ METHODS: dict[str, Callable[..., Pair]] = {
     "linear": lambda pairs, coeffs, **_: combine_linear(pairs, coeffs),
     "cat": lambda pairs, coeffs, **_: combine_cat(pairs, coeffs),
     "svd": lambda pairs, coeffs, rank, **_: combine_svd(pairs, coeffs, rank),
-    "ties": lambda pairs, coeffs, density, **_: combine_ties(pairs, coeffs, density),
+    "ties": lambda pairs, coeffs, density, majority_sign, **_: combine_ties(pairs, coeffs, density, majority_sign),
     "dare_linear": lambda pairs, coeffs, density, generator, **_: combine_dare_linear(
         pairs, coeffs, density, generator
     ),
-    "dare_ties": lambda pairs, coeffs, density, generator, **_: combine_dare_ties(pairs, coeffs, density, generator),
+    "dare_ties": lambda pairs, coeffs, density, generator, majority_sign, **_: combine_dare_ties(
+        pairs, coeffs, density, generator, majority_sign
+    ),
 }
+MAJORITY_SIGNS = ("total", "frequency")  # ties / dare_ties: how each entry's sign is elected
 
 
 def combine_adapters(
@@ -124,10 +133,12 @@ def combine_adapters(
     rank: int | None = None,
     density: float = 0.5,
     seed: int = 0,
+    majority_sign: str = "total",
 ) -> nn.Module:
     """Add adapter `new_name` = the weighted combination of existing adapters (see the module docstring).
 
-    `rank`: target rank for "svd" (default: the largest input rank). `density`: kept fraction for ties/dare."""
+    `rank`: target rank for "svd" (default: the largest input rank). `density`: kept fraction for ties/dare.
+    `majority_sign`: "total" or "frequency", how ties / dare_ties elect each entry's sign."""
     from lorakit.adapters import adapter_configs, add_adapter, get_config
     from lorakit.inject import lora_layers
 
@@ -135,6 +146,8 @@ def combine_adapters(
         raise ConfigError(f"method={method!r}: expected one of {sorted(METHODS)}")
     if len(adapter_names) != len(weights) or not adapter_names:
         raise ConfigError(f"give one weight per adapter: {len(adapter_names)} adapters, {len(weights)} weights")
+    if majority_sign not in MAJORITY_SIGNS:
+        raise ConfigError(f"majority_sign={majority_sign!r}: expected one of {list(MAJORITY_SIGNS)}")
     if not 0 < density <= 1:
         raise ConfigError(f"density={density!r}: expected a fraction in (0, 1]")
     configs = [get_config(model, n) for n in adapter_names]
@@ -158,7 +171,8 @@ def combine_adapters(
                 pairs.append(_as_matrices(layer, name, path))
                 coeffs.append(weight * layer.scaling[name])
         target_rank = rank or max(layer.r[n] for n in present)
-        results[path] = METHODS[method](pairs, coeffs, rank=target_rank, density=density, generator=generator)
+        results[path] = METHODS[method](pairs, coeffs, rank=target_rank, density=density, generator=generator,
+                                        majority_sign=majority_sign)
     ranks = {path: a.shape[0] for path, (a, _) in results.items()}
     top = max(ranks.values())
     config = replace(

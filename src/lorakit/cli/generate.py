@@ -17,7 +17,30 @@ import argparse
 import json
 from pathlib import Path
 
-from lorakit.errors import ConfigError
+from lorakit.errors import AdapterFileError, ConfigError
+
+
+class NonFiniteLogitsError(ConfigError):
+    """The model produced NaN/Inf logits: decoding them would print garbage (or nothing) as if it were an answer."""
+
+
+def check_finite_adapter(model) -> None:
+    """A NaN/Inf in the adapter makes every logit NaN, which greedy decoding turns into an empty answer."""
+    for name, param in model.named_parameters():
+        if "lora_" in name and param.is_floating_point() and not param.isfinite().all():
+            raise AdapterFileError(f"the adapter's tensor {name} holds NaN/Inf, so the model's outputs would too; "
+                                   "use another checkpoint of the adapter (a diverged run writes these)")
+
+
+class FiniteLogits:
+    """A logits processor that refuses NaN/Inf scores (-inf alone is a legitimate mask, so it passes)."""
+
+    def __call__(self, input_ids, scores):
+        if scores.isnan().any() or scores.isposinf().any():
+            raise NonFiniteLogitsError(
+                f"the model produced non-finite logits (NaN/Inf) after {input_ids.shape[1]} tokens; its "
+                "weights (or the adapter's) hold NaN/Inf or overflow in this dtype")
+        return scores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +75,10 @@ def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
     options = dict(do_sample=sample, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     if sample:
         options.update(temperature=args.temperature, top_p=args.top_p)
+    from transformers import LogitsProcessorList
+
     with torch.no_grad():
-        output = model.generate(**encoded, **options)
+        output = model.generate(**encoded, **options, logits_processor=LogitsProcessorList([FiniteLogits()]))
     return tokenizer.decode(output[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -80,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path} is not a causal language model ({exc}); lorakit generate needs one") from None
     if args.adapter:
         lorakit.load_adapter(model, Path(args.adapter))
+        check_finite_adapter(model)
     for prompt in args.prompt:
         text = generate(model, tokenizer, prompt, args)
         if args.compare:

@@ -2,7 +2,9 @@
 scaling * B @ A, the size on disk, and a PNG with one singular-value spectrum per layer.
 
 Reads lorakit's and PEFT's adapters (no base model needed). The spectrum tells how much of the rank an update
-uses: a fast-decaying spectrum means a smaller r would do.
+uses: a fast-decaying spectrum means a smaller r would do. An adapter whose tensors disagree with its config
+(extra or missing tensors, non-float weights, a rank other than r) is refused with the first problem, as every
+loader refuses it.
 
 examples:
   lorakit inspect runs/alpaca
@@ -13,11 +15,15 @@ examples:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from lorakit.errors import AdapterFileError
+from lorakit.io.atomic import replace_files
 
 A_KEYS = ("lora_A.weight", "lora_embedding_A")
 
@@ -39,7 +45,9 @@ def update_singular_values(a: torch.Tensor, b: torch.Tensor, scaling: float) -> 
     """Singular values of scaling * B @ A in O((in + out) r^2): B = Qb Rb and A^T = Qa Ra give
     B A = Qb (Rb Ra^T) Qa^T, so they are those of the small r x r matrix Rb Ra^T."""
     a2 = a.detach().double().reshape(a.shape[0], -1)  # (r, in); conv kernels flattened
-    b2 = b.detach().double().reshape(b.shape[0], -1)  # (out, r)
+    b2 = b.detach().double().reshape(b.shape[0], -1)  # (out, r), or (out, r / groups) on a grouped conv
+    if b2.shape[1] != a2.shape[0]:  # output group j reads rank channels j: B is block-diagonal as a matrix
+        b2 = torch.block_diag(*b2.chunk(a2.shape[0] // b2.shape[1], dim=0))  # (out, r)
     _, r_b = torch.linalg.qr(b2)  # (r, r)
     _, r_a = torch.linalg.qr(a2.T)  # (r, r)
     return torch.linalg.svdvals(r_b @ r_a.T) * abs(scaling)
@@ -98,9 +106,11 @@ def plot_spectra(infos: list[LayerInfo], path: Path, limit: int = 48) -> Path | 
     title = "singular values of scaling * B @ A per layer"
     fig.suptitle(title + (f" (first {limit} of {len(infos)} layers)" if len(infos) > limit else ""), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_files(path.parent, {path.name: png.getvalue()})  # a full disk keeps the old plot, leaves no half file
     return path
 
 
@@ -113,10 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorakit.io.checkpoint import read_adapter
+    from lorakit.io.adapter_consistency import first_problem
+    from lorakit.io.checkpoint import CONFIG_NAME, read_adapter
     from lorakit.train.report import human_bytes
 
     config, extra, tensors, directory = read_adapter(args.adapter, args.name)
+    problem = first_problem(config, tensors)
+    if problem:  # the table would describe an adapter that no loader accepts
+        raise AdapterFileError(f"{directory} does not agree with its {CONFIG_NAME}: {problem}")
     infos = layer_infos(config, tensors)
     files = {f.name: f.stat().st_size for f in sorted(directory.iterdir()) if f.is_file()}
     size = sum(v for k, v in files.items() if k.startswith("adapter_"))

@@ -9,6 +9,7 @@ import sys
 from types import ModuleType
 
 from lorakit import __version__
+from lorakit.cli.os_errors import describe_os_error
 from lorakit.errors import LorakitError
 
 # command -> (module, one-line help). A command whose module is absent is simply not offered.
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except LorakitError as exc:
         print(f"lorakit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, a file where a folder should be: the user's to fix
+        print(f"lorakit {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lorakit {args.command}: interrupted", file=sys.stderr)
         return 130

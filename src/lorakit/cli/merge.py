@@ -12,10 +12,17 @@ what the merge starts from: the base is loaded quantized as in training, dequant
 into it, and a report compares the merged model's logits with the adapter model's (lorakit.merge_report).
 --full-precision-base merges into the original weights instead (not the model the adapter was trained with).
 
+BASE may be left out: it is then the run's model.path (train_config.yaml next to the adapter, as `lorakit eval`
+reads it), else the adapter's base_model_name_or_path when that is a local model directory.
+
+The weights are checked for NaN/Inf before anything is written (--no-safe-merge skips the check). OUT is written
+as a temporary folder beside it and renamed into place when complete: a failure (a full disk, Ctrl-C) leaves no
+half-written model, and with --overwrite the old OUT stays whole until the new one replaces it.
+
 examples:
+  lorakit merge runs/alpaca ./alpaca-merged                    # the base the run was trained on
   lorakit merge ./tiny-llama runs/alpaca ./tiny-llama-merged
   lorakit merge /path/to/base runs/cls merged-cls --task seq-cls --dtype bfloat16
-  lorakit merge /path/to/base runs/x merged --safe-merge       # refuse to write NaN/Inf into the weights
 """
 
 from __future__ import annotations
@@ -23,18 +30,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lorakit.errors import ConfigError
+from lorakit.errors import MergeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", help="local Hugging Face model directory the adapter was trained on")
+    parser.add_argument("base", nargs="?", default=None,
+                        help="local Hugging Face model directory the adapter was trained on (default: the run's)")
     parser.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors)")
     parser.add_argument("out", help="directory to write the merged model to")
     parser.add_argument("--task", default="auto", choices=["auto", "causal-lm", "seq-cls", "seq2seq", "base"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the written weights (the merge itself runs in float32)")
-    parser.add_argument("--safe-merge", action="store_true", help="check for NaN/Inf before writing the weights")
-    parser.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
+    parser.add_argument("--safe-merge", action=argparse.BooleanOptionalAction, default=True,
+                        help="refuse to write NaN/Inf into the weights (default; --no-safe-merge skips the check)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it is not empty")
     parser.add_argument("--full-precision-base", action="store_true",
                         help="QLoRA runs: merge into the unquantized base weights instead of the dequantized ones")
 
@@ -43,49 +52,66 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import lorakit
-    from lorakit.train.loading import (
-        load_model,
-        load_tokenizer,
-        model_config_for_adapter,
-        quiet_transformers,
-        resolve_model_path,
-    )
+    from lorakit.cli.base_model import base_for_adapter, loading_base
+    from lorakit.cli.output_dir import check_output, output_directory
+    from lorakit.train.loading import load_model, load_tokenizer, model_config_for_adapter, quiet_transformers
 
     quiet_transformers()
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"{out} exists and is not empty; choose another directory or pass --overwrite")
-    base_path = resolve_model_path(args.base)
-    model_cfg, labels = model_config_for_adapter(Path(args.adapter), args.task, base_path)
+    out, adapter = Path(args.out), Path(args.adapter)
+    base_path = base_for_adapter(adapter, args.base, "merge")
+    check_output(out, args.overwrite, {"the adapter": adapter, "the base model": base_path})
+    model_cfg, labels = model_config_for_adapter(adapter, args.task, base_path)
     if model_cfg is not None and args.full_precision_base:
         model_cfg.quantization = None
-    if model_cfg is None:
-        from transformers import AutoModel
+    with output_directory(out) as tmp:  # made first, so an unwritable OUT fails before the slow part
+        with loading_base(base_path):
+            if model_cfg is None:
+                from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(str(base_path), dtype=torch.float32)
-    else:
-        model = load_model(model_cfg, base_path, labels)
-    lorakit.load_adapter(model, args.adapter)
-    if model_cfg is not None and model_cfg.quantization:
-        from lorakit.merge_report import merge_with_report
+                model = AutoModel.from_pretrained(str(base_path), dtype=torch.float32)
+            else:
+                model = load_model(model_cfg, base_path, labels)
+        tokenizer = load_tokenizer(base_path)
+        lorakit.load_adapter(model, adapter)
+        merged = merge(model, model_cfg, args.safe_merge, out)
+        merged.to(getattr(torch, args.dtype))
+        how = save(merged, tmp)
+        tokenizer.save_pretrained(tmp)
+    print(f"lorakit merge: wrote {out} ({how}, {args.dtype}); load it with transformers' from_pretrained({str(out)!r})")
+    return 0
 
-        print(f"lorakit merge: the adapter was trained on a {model_cfg.quantization} base; merging into its exact "
-              "dequantization (--full-precision-base: the original weights)")
-        merged, _ = merge_with_report(model, mode="dequantize", safe_merge=args.safe_merge)
-    else:
-        merged = lorakit.merge_and_unload(model, safe_merge=args.safe_merge)
-    merged.to(getattr(torch, args.dtype))
-    out.mkdir(parents=True, exist_ok=True)
+
+def merge(model, model_cfg, safe: bool, out: Path):
+    """The merged, unloaded model; with `safe`, refuses NaN/Inf anywhere in its weights (heads included)."""
+    import lorakit
+
+    try:
+        if model_cfg is not None and model_cfg.quantization:
+            from lorakit.merge_report import merge_with_report
+
+            print(f"lorakit merge: the adapter was trained on a {model_cfg.quantization} base; merging into its "
+                  "exact dequantization (--full-precision-base: the original weights)")
+            merged, _ = merge_with_report(model, mode="dequantize", safe_merge=safe)
+        else:
+            merged = lorakit.merge_and_unload(model, safe_merge=safe)
+        bad = next((n for n, p in merged.named_parameters() if p.is_floating_point() and not p.isfinite().all()),
+                   None) if safe else None
+        if bad is not None:
+            raise MergeError(f"the merged weight {bad} holds NaN/Inf")
+    except MergeError as exc:
+        skip = " (--no-safe-merge writes it anyway)" if "NaN" in str(exc) else ""
+        raise MergeError(f"{exc}; nothing was written to {out}{skip}") from None
+    return merged
+
+
+def save(merged, directory: Path) -> str:
+    """Write the merged model into `directory`; returns how to load it."""
     if hasattr(merged, "encoder") and not hasattr(merged, "save_pretrained"):  # MeanPoolClassifier
         from safetensors.torch import save_file
 
-        merged.encoder.save_pretrained(out)
+        merged.encoder.save_pretrained(directory)
         head = {k: v.contiguous() for k, v in merged.classifier.state_dict().items()}
-        save_file(head, str(out / "classifier.safetensors"))
-        how = "AutoModel (mean-pool its token states; the head is classifier.safetensors)"
-    else:
-        merged.save_pretrained(out)
-        how = type(merged).__name__
-    load_tokenizer(base_path).save_pretrained(out)
-    print(f"lorakit merge: wrote {out} ({how}, {args.dtype}); load it with transformers' from_pretrained({str(out)!r})")
-    return 0
+        save_file(head, str(directory / "classifier.safetensors"))
+        return "AutoModel (mean-pool its token states; the head is classifier.safetensors)"
+    merged.save_pretrained(directory)
+    return type(merged).__name__
