@@ -180,8 +180,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
     options = _type_options(hint)
     if isinstance(value, str):  # strings a str option would otherwise swallow whole
         text = value.strip()
-        if bool in options and text.lower() in ("true", "false"):  # init_lora_weights: bool | str
-            return text.lower() == "true"
+        if bool in options and text.lower() in BOOL_WORDS:  # init_lora_weights: bool | str
+            return BOOL_WORDS[text.lower()]
         if list in options and _NAME_LIST.fullmatch(text):  # target_modules: "q_proj,v_proj" is a list, not a regex
             value = [v.strip() for v in text.split(",")]
     converted = value if type(value) in options else _FAIL
@@ -191,6 +191,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
             break
     if converted is _FAIL:
         names = " | ".join(getattr(o, "__name__", str(o)) for o in options)
+        if options == [bool]:
+            names = "a boolean (true/false, yes/no, on/off, 1/0)"
         raise ConfigError(f"{name}={value!r}: expected {names}")
     item = _list_item_type(hint)
     if isinstance(converted, list) and item is not None:  # layers_to_transform "0,1" -> [0, 1]
@@ -199,6 +201,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 _FAIL = object()
+# the spellings a boolean setting takes (YAML 1.1's words, any case, and 1 / 0)
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _NAME_LIST = re.compile(r"[\w.\-]+(\s*,\s*[\w.\-]+)+")
 
 
@@ -224,9 +228,9 @@ def _try_convert(value: Any, target: Any) -> Any:
         return _FAIL
     try:
         if target is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            return _FAIL
+            if isinstance(value, int) and value in (0, 1):  # YAML reads `1` as an int
+                return bool(value)
+            return BOOL_WORDS.get(value.strip().lower(), _FAIL) if isinstance(value, str) else _FAIL
         if target is int:
             if isinstance(value, float) and value.is_integer():
                 return int(value)

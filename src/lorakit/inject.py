@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 
 from torch import nn
@@ -204,9 +206,45 @@ def spec_for(config: LoraConfig, path: str) -> AdapterSpec:
     )
 
 
+def layer_sizes(module: nn.Module) -> tuple[int, int] | None:
+    """(inputs, outputs) of an adaptable layer as B·A sees them, or None for a type this cannot tell."""
+    module = base_of(module)
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # Linear and quantized linears
+        return int(module.in_features), int(module.out_features)
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # lora_A sees every input channel of a kernel window
+        return module.in_channels // module.groups * math.prod(module.kernel_size), module.out_channels
+    if Conv1D is not None and isinstance(module, Conv1D):  # weight stored (in, out)
+        return tuple(module.weight.shape)
+    return None
+
+
+def oversized_ranks(model: nn.Module, config: LoraConfig, paths: list[str]) -> list[tuple[str, int, int, int]]:
+    """(path, r, inputs, outputs) of the layers where r > min(inputs, outputs): B·A has rank min(inputs, outputs) at
+    most, so the extra rank only adds parameters (r = 1000 on a 32-wide layer trains more than the layer has)."""
+    found = []
+    for path in paths:
+        sizes = layer_sizes(model.get_submodule(path))
+        r = config.rank_for(path)
+        if sizes is not None and r > min(sizes):
+            found.append((path, r, *sizes))
+    return found
+
+
+def describe_oversized(found: list[tuple[str, int, int, int]]) -> str:
+    path, r, inputs, outputs = found[0]
+    more = f" (and {len(found) - 1} more layers)" if len(found) > 1 else ""
+    return (f"rank r={r} is larger than layer {path!r} can use: {inputs} inputs, {outputs} outputs, so B·A has rank "
+            f"at most {min(inputs, outputs)}{more}; the extra rank only adds parameters")
+
+
 def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
     """Add adapter `adapter_name` to every selected layer, wrapping the ones not yet wrapped. Returns the paths."""
     paths = find_targets(model, config)
+    oversized = oversized_ranks(model, config, paths)
+    if oversized:  # PEFT allows it; it is rarely meant (lorakit train refuses it)
+        warnings.warn(describe_oversized(oversized) + "; lower r (or rank_pattern for these layers)", stacklevel=3)
     custom = getattr(config, "inject_layer", None)  # variant configs (AdaLoRA) wrap and add with their own layers
     for path in paths:
         module = model.get_submodule(path)

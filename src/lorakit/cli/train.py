@@ -13,6 +13,9 @@ Without CONFIG, trains the embedded demo: all-MiniLM-L6-v2 on lorakit's classifi
 also measures the linear-probe baseline). Sections: model, lora (every LoraConfig field), data, training,
 output; configs/*.yaml comment every setting. The output directory receives the adapter (PEFT format),
 train_config.yaml (the resolved config), metrics.jsonl, curves.png, summary.json, best/ and checkpoints/.
+A start that fails or is refused leaves the output directory as it was; output.overwrite=true keeps the old run
+until the new one has saved an adapter or a checkpoint; --resume on a finished run does nothing. With --nproc N,
+the start-up checks run once, before torchrun starts the workers.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def reparse(args: argparse.Namespace, define_options, prog: str, description: st
     define_options(inner)
     parsed = inner.parse_intermixed_args(args.items)
     for key, value in vars(parsed).items():
-        if key != "items" and value in (None, False):
+        if key != "items" and (value is None or value is False):  # not `in (None, False)`: 0 == False
             setattr(parsed, key, getattr(args, key, value))
     return parsed
 
@@ -70,21 +73,25 @@ def load_train_config(items: list[str]):
 def run(args: argparse.Namespace) -> int:
     args = reparse(args, define, "lorakit train")
     resume = args.resume_from or args.resume or None
-    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from lorakit.train.distributed import launch_torchrun
-
-        argv = list(args.items)
-        argv += ["--resume-from", args.resume_from] if args.resume_from else ["--resume"] if args.resume else []
-        return launch_torchrun(args.nproc, argv)
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: expected a positive number of processes (1 runs in this process)")
     from lorakit.train.loading import quiet_transformers, resolve_config
     from lorakit.train.report import format_summary
-    from lorakit.train.trainer import train
+    from lorakit.train.trainer import check_start, train
 
     cfg = load_train_config(args.items)
     if args.print_config:
         print(resolve_config(cfg).to_yaml(), end="")
         return 0
     quiet_transformers()
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from lorakit.train.distributed import launch_torchrun
+
+        # every start-up check here first, writing nothing: a bad config is one line, not one per worker
+        check_start(cfg, resume, world_size=args.nproc)
+        argv = list(args.items)
+        argv += ["--resume-from", args.resume_from] if args.resume_from else ["--resume"] if args.resume else []
+        return launch_torchrun(args.nproc, argv)
     result = train(cfg, resume=resume)
     if result.is_main:
         print("lorakit train: done\n" + format_summary(result.summary), flush=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lorakit.config import LoraConfig, coerce
+from lorakit.config import BOOL_WORDS, LoraConfig, coerce
 from lorakit.errors import ConfigError
 from lorakit.train.data import DataConfig
 from lorakit.variants import adapter_config_from_dict
@@ -125,18 +125,22 @@ class TrainingConfig:
 @dataclass
 class OutputConfig:
     dir: str = "lorakit-output"  # adapter (PEFT format), resolved config, metrics, plot, checkpoints/, best/
-    overwrite: bool = False  # allow a fresh run into a directory that already holds a run
+    # allow a fresh run into a directory that already holds a run; the old run is kept aside until the new one
+    # saves its first adapter or checkpoint, and put back if it fails before that
+    overwrite: bool = False
     adapter_name: str = "default"
     save_best: bool = True  # keep the adapter of the best evaluation in <dir>/best
     plot: bool = True  # loss / eval curves as <dir>/curves.png (needs matplotlib)
-    tensorboard: str = "auto"  # auto (when the tensorboard package is installed) | true | false
+    # auto (when the tensorboard package is installed) | true | false; kept as one of those three words
+    tensorboard: bool | str = "auto"
     mlflow: bool = False  # also log to MLflow (needs mlflow; uses MLFLOW_TRACKING_URI)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tensorboard, bool):
-            self.tensorboard = str(self.tensorboard).lower()
-        _choice("output.tensorboard", str(self.tensorboard).lower(), ("auto", "true", "false"))
-        self.tensorboard = str(self.tensorboard).lower()
+        word = str(self.tensorboard).strip().lower()
+        if word != "auto" and word not in BOOL_WORDS:
+            raise ConfigError(f"output.tensorboard={self.tensorboard!r}: expected auto, or a boolean (true/false, "
+                              "yes/no, on/off, 1/0)")
+        self.tensorboard = word if word == "auto" else str(BOOL_WORDS[word]).lower()
 
 
 REQUIRED_SECTIONS: dict[str, type] = {

@@ -137,6 +137,9 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[di
         train, val = (_encode_all(items, tokenizer, prefix, cfg, stats) for items in (train_items, val_items))
     else:
         stats["labels"] = labels = cfg.labels or infer_labels([item for _, item in train_items])
+        if len(labels) < 2:  # a 1-class head has nothing to learn: its loss is 0 from the first step
+            raise DataError(f"{cfg.train_file}: every row has the label {labels[0]!r}; classification needs at least "
+                            "2 labels. Add rows of the other labels, or list every label in data.labels")
         index = {label: i for i, label in enumerate(labels)}
         source = "data.labels" if cfg.labels else f"the labels found in {cfg.train_file}"
         train, val = (_classify_all(items, index, source, tokenizer, cfg, stats, bad)

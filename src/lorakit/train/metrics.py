@@ -43,6 +43,18 @@ def truncate_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def check_sinks(tensorboard: str, mlflow: bool) -> None:
+    """Refuse, before a run writes anything, a sink that is asked for and not installed."""
+    if tensorboard == "true":
+        try:
+            import torch.utils.tensorboard  # noqa: F401 - needs the tensorboard package
+        except ImportError as exc:
+            raise ConfigError(f"output.tensorboard=true but TensorBoard is not available ({exc}); pip install "
+                              "tensorboard, or set output.tensorboard=auto") from None
+    if mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("output.mlflow=true needs MLflow: pip install mlflow (or set output.mlflow=false)")
+
+
 class MetricsLogger:
     """Writes on the main process only; the others get a logger that does nothing."""
 
@@ -112,6 +124,7 @@ def _start_mlflow(run_config: dict[str, Any]):
     except ImportError:
         raise ConfigError("output.mlflow=true needs MLflow: pip install mlflow (or set output.mlflow=false)") from None
     mlflow.start_run()
-    flat = {f"{section}.{k}": v for section, values in run_config.items() for k, v in values.items()}
+    # variant sections that are off are None
+    flat = {f"{section}.{k}": v for section, values in run_config.items() for k, v in (values or {}).items()}
     mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
     return mlflow

@@ -156,13 +156,6 @@ def recover(target: Path) -> None:
         return
 
 
-def clean_partial(root: Path) -> None:
-    """Remove temporary directories a killed run left behind."""
-    if root.is_dir():
-        for leftover in root.glob(".tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -245,17 +238,22 @@ RESUMABLE_CHANGES = {"training.max_steps", "training.epochs", "training.eval_eve
                      "training.early_stopping_patience"}
 
 
-def check_same_run(saved_yaml: str, now: dict[str, dict[str, Any]], path: Path) -> None:
-    """A checkpoint continues only the run that wrote it: the settings that shape the steps must agree."""
+def changed_settings(saved_yaml: str, now: dict[str, dict[str, Any]]) -> list[str]:
+    """The settings that shape the steps and differ between a saved run's config (YAML) and `now`."""
     import yaml
 
     saved = yaml.safe_load(saved_yaml) or {}
-    changed = sorted(
+    return sorted(
         f"{section}.{key}" for section in now if section != "output"
         for key in set(now[section] or {}) | set(saved.get(section) or {})
         if (now[section] or {}).get(key) != (saved.get(section) or {}).get(key)
         and f"{section}.{key}" not in RESUMABLE_CHANGES
     )
+
+
+def check_same_run(saved_yaml: str, now: dict[str, dict[str, Any]], path: Path) -> None:
+    """A checkpoint continues only the run that wrote it: the settings that shape the steps must agree."""
+    changed = changed_settings(saved_yaml, now)
     if changed:
         raise CheckpointError(
             f"checkpoint {path} was written with different settings: {changed}; a resumed run must use the same "

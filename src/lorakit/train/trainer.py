@@ -10,9 +10,11 @@ split into micro-batches and processes.
 from __future__ import annotations
 
 import copy
+import gc
+import json
 import math
-import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lorakit.adapters import add_adapter
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.inject import describe_oversized, find_targets, oversized_ranks
 from lorakit.train import distributed as D
 from lorakit.train import report
 from lorakit.train import state as S
@@ -31,12 +34,11 @@ from lorakit.train.config import TrainConfig
 from lorakit.train.data import build_datasets
 from lorakit.train.hooks import TrainHook
 from lorakit.train.loading import load_model, load_tokenizer, prepare_lora, resolve_config
-from lorakit.train.metrics import MetricsLogger, read_metrics, truncate_after
+from lorakit.train.metrics import MetricsLogger, check_sinks, read_metrics, truncate_after
 from lorakit.train.optim import build_optimizer, build_scheduler
+from lorakit.train.run_folder import CONFIG_FILE, OutputDirError, RunFolder, describe_os_error
 from lorakit.train.tasks import TASKS, evaluate
 from lorakit.train.variants import attach_variants, save_trained_adapter, variant_lora_config, variant_summary
-
-CONFIG_FILE = "train_config.yaml"
 
 
 class NonFiniteLossError(LorakitError):
@@ -52,14 +54,39 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> None:
+    """One training run. Every start-up check (config, data, model, targets, sinks, the checkpoint to resume)
+    runs before the output folder is touched, and a start that fails leaves the folder as it found it (see
+    run_folder.py for the folder's life, including `output.overwrite`).
+
+    check_only: stop once the checks have passed, writing nothing (`lorakit train --nproc N` runs this in the
+    launcher, with world_size=N, so a bad config is one line before any worker starts)."""
+
+    def __init__(self, cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None,
+                 check_only: bool = False, world_size: int | None = None) -> None:
         self.hooks = list(hooks)
+        self._quiet = check_only  # the launcher's check: the workers say it all again
         self.dist = D.init_distributed(cfg.training.device, cfg.training.distributed)
+        self._globals = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),  # restored at the end
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+        try:
+            self._check_and_build(cfg, resume, world_size or self.dist.world_size)
+            if not check_only and not self.finished:
+                self._open_output(resume)
+        except BaseException:
+            self._restore_globals()
+            raise
+        if check_only or self.finished:
+            self._restore_globals()
+
+    # -- set-up: checks and building (reads only) ----------------------------------------------------------------
+    def _check_and_build(self, cfg: TrainConfig, resume: bool | str | None, world_size: int) -> None:
         self.cfg = resolve_config(cfg)
         t, self.task = self.cfg.training, TASKS[self.cfg.model.task]
         self.out = Path(self.cfg.output.dir)
-        self._globals = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),  # restored at the end
-                         torch.is_deterministic_algorithms_warn_only_enabled())
+        self.folder = RunFolder(self.out, self.cfg.output.adapter_name)
+        self.folder.check(bool(resume), self.cfg.output.overwrite, repair=self.dist.is_main)
+        if t.metric in ("accuracy", "f1") and not self.task.classification:
+            raise ConfigError(f"training.metric={t.metric!r} needs a seq-cls task; use loss or auto")
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
@@ -74,62 +101,55 @@ class Trainer:
         base = load_model(self.cfg.model, Path(self.cfg.model.path), labels, self.tokenizer.pad_token_id,
                           self.dist.device)
         self.cfg.lora = variant_lora_config(self.cfg, base, prepare_lora(self.cfg, base))
+        oversized = oversized_ranks(base, self.cfg.lora, find_targets(base, self.cfg.lora))
+        if oversized:
+            raise ConfigError(f"lora: {describe_oversized(oversized)}. Set lora.r <= {min(oversized[0][2:])} (or "
+                              "lower lora.rank_pattern for those layers)")
         # a copy goes into the model: AdaLoRA's hook writes its ranks there, the run's config stays as written
-        self.raw = add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the oversized-rank warning: refused above already
+            self.raw = add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)
         self.raw.to(self.dist.device).train()
         self.model = D.wrap_model(self.raw, self.dist)
-        self.global_batch = t.batch_size * t.grad_accum * self.dist.world_size
+        self.global_batch = t.batch_size * t.grad_accum * world_size
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"the training set has {len(self.train_set)} examples, fewer than one global batch of "
                 f"{self.global_batch} (training.batch_size x grad_accum x processes); lower training.batch_size"
             )
-        if self.dist.active and self.dist.mode == "fsdp" and (t.save_every or resume):
+        if world_size > 1 and t.distributed == "fsdp" and (t.save_every or resume):
             raise ConfigError("training.distributed=fsdp does not write resumable checkpoints yet (the optimizer "
                               "state is sharded); use distributed=ddp with save_every / --resume")
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         # the variants' hooks first: their checkpointed states keep their places whatever hooks the caller adds
-        mode = self.dist.mode if self.dist.active else None
+        mode = t.distributed if world_size > 1 else None
         self.hooks = attach_variants(self.cfg, self.raw, self.total_steps, mode) + self.hooks
         self.optimizer = build_optimizer(self.raw, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.progress = S.Progress()
         self.last_eval: dict[str, float] | None = None
-        self._prepare_output(resume)
-        torch.manual_seed(t.seed + self.dist.rank)  # dropout streams differ per process, rank 0 = one process
+        if self.dist.is_main:
+            check_sinks(self.cfg.output.tensorboard, self.cfg.output.mlflow)
+        self.finished = False
+        self._rng: dict | None = None
         self._resume(resume)
-        self.metrics = MetricsLogger(self.out, self.dist.is_main, self.cfg.output.tensorboard,
-                                     self.cfg.output.mlflow, self.cfg.to_dict())
-
-    # -- set-up helpers -----------------------------------------------------------------------------------------
-    def _prepare_output(self, resume: bool | str | None) -> None:
-        previous = (self.out / CONFIG_FILE).exists() or (self.out / S.CHECKPOINTS).exists()
-        if previous and not resume and not self.cfg.output.overwrite:
-            raise ConfigError(
-                f"output.dir={str(self.out)!r} already holds a training run; pass --resume to continue it, "
-                "output.overwrite=true to start over, or choose another output.dir"
-            )
-        D.barrier(self.dist)  # every process looked before rank 0 writes
-        if not self.dist.is_main:
-            return
-        if previous and not resume:
-            for name in (S.CHECKPOINTS, "best", "metrics.jsonl", "tensorboard"):
-                target = self.out / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        S.clean_partial(self.out / S.CHECKPOINTS)
-        (self.out / CONFIG_FILE).write_text(self.cfg.to_yaml(), encoding="utf-8")
 
     def _resume(self, resume: bool | str | None) -> None:
+        """Load the checkpoint to continue from (reads only; the metrics file is cut in _open_output)."""
+        self.resume_step: int | None = None  # the metrics file keeps the records up to it
         if not resume:
             return
+        self.resume_step = 0
         path = Path(resume) if isinstance(resume, str) else S.latest_checkpoint(self.out / S.CHECKPOINTS)
+        if path is not None:
+            ckpt = S.read_checkpoint(path)
+            S.check_same_run(ckpt.state.get("config", ""), self.cfg.to_dict(), path)
+        if not isinstance(resume, str) and self._finished_already():  # --resume-from a checkpoint: redo from there
+            return
         if path is None:
             self._say(f"no checkpoint in {self.out / S.CHECKPOINTS}; starting from step 0")
             return
-        ckpt = S.read_checkpoint(path)
-        S.check_same_run(ckpt.state.get("config", ""), self.cfg.to_dict(), path)
         S.load_trainable(self.raw, ckpt.tensors, path)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
@@ -138,13 +158,68 @@ class Trainer:
             hook.load_state_dict(state)
         self.progress = ckpt.progress
         rng = ckpt.state["rng"]
-        S.restore_rng(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
-        if self.dist.is_main:
-            truncate_after(self.out / "metrics.jsonl", self.progress.step)
+        self._rng = rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0]
+        self.resume_step = self.progress.step
+        self.last_eval = self._recorded_eval(self.progress.last_eval_step)
         self._say(f"resumed from {path} (step {self.progress.step} of {self.total_steps})")
 
-    def _say(self, message: str) -> None:
+    def _finished_already(self) -> bool:
+        """A resumed run that had already finished (its summary.json says so, for these settings)."""
+        summary_file, config_file = self.out / "summary.json", self.out / CONFIG_FILE
+        if not (summary_file.is_file() and config_file.is_file()):
+            return False
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            saved = config_file.read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            return False
+        if S.changed_settings(saved, self.cfg.to_dict()):
+            return False
+        done = summary.get("steps", -1) >= self.total_steps or bool(summary.get("stopped_early"))
+        if done:
+            self.finished, self.summary = True, summary
+            self._say(f"the run in {self.out} already finished (step {summary.get('steps')} of {self.total_steps}); "
+                      "nothing to do. Raise training.max_steps or training.epochs to train it further")
+        return done
+
+    def _recorded_eval(self, step: int) -> dict[str, float] | None:
+        """The evaluation logged at `step` (a resumed run does not evaluate the same weights twice)."""
+        if step < 0:
+            return None
+        found = [r for r in read_metrics(self.out / "metrics.jsonl") if r.get("kind") == "eval" and r["step"] == step]
+        return {k: v for k, v in found[-1].items() if k not in ("step", "kind")} if found else None
+
+    # -- set-up: the first writes ----------------------------------------------------------------------------------
+    def _open_output(self, resume: bool | str | None) -> None:
+        D.barrier(self.dist)  # every process checked before rank 0 writes
         if self.dist.is_main:
+            self.folder.open(self.cfg.to_yaml(), fresh=not resume)
+            try:
+                if self.resume_step is not None:
+                    self.folder.track("metrics.jsonl")
+                    truncate_after(self.out / "metrics.jsonl", self.resume_step)
+                for name in ("metrics.jsonl", "tensorboard"):
+                    self.folder.track(name)
+                self.metrics = MetricsLogger(self.out, True, self.cfg.output.tensorboard, self.cfg.output.mlflow,
+                                             self.cfg.to_dict())
+            except BaseException as exc:
+                self.folder.rollback()
+                if isinstance(exc, OSError):
+                    raise OutputDirError(describe_os_error(exc, self.out)) from None
+                raise
+            self.folder.clean_leftovers()
+        else:
+            self.metrics = MetricsLogger(self.out, False)
+        torch.manual_seed(self.cfg.training.seed + self.dist.rank)  # dropout streams differ per process
+        if self._rng is not None:
+            S.restore_rng(self._rng)
+
+    def _restore_globals(self) -> None:
+        torch.set_num_threads(self._globals[0])
+        torch.use_deterministic_algorithms(self._globals[1], warn_only=self._globals[2])
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main and not self._quiet:
             tqdm.write(f"lorakit train: {message}")
 
     def _autocast(self):
@@ -245,9 +320,11 @@ class Trainer:
                 return
             if not atomic:  # the output dir itself: save_adapter replaces its two files atomically
                 save_trained_adapter(self.raw, directory, self.cfg.output.adapter_name, self.hooks)
+                self.folder.commit()
                 return
             with S.atomic_directory(directory) as tmp:
                 save_trained_adapter(self.raw, tmp, self.cfg.output.adapter_name, self.hooks)
+            self.folder.commit()  # the new run has an adapter of its own: a run it replaces can go
 
     def _checkpoint(self) -> None:
         rng = D.gather_objects(S.capture_rng(), self.dist)
@@ -255,13 +332,36 @@ class Trainer:
             S.save_checkpoint(self.out / S.CHECKPOINTS, self.raw, self.optimizer, self.scheduler, self.progress,
                               self.hooks, rng, self.cfg.to_yaml(), self.cfg.output.adapter_name,
                               self.cfg.training.keep_checkpoints)
+            self.folder.commit()
         D.barrier(self.dist)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
+        if self.finished:  # a resumed run that was done already: nothing changes
+            return TrainResult(self.out, self.summary, self.summary.get("final_eval"), self.dist.is_main)
+        try:
+            return self._train()
+        except BaseException as exc:
+            kept = self._after_failure()
+            if isinstance(exc, OSError):
+                raise OutputDirError(describe_os_error(exc, self.out, kept)) from None
+            raise
+        finally:
+            self._restore_globals()
+
+    def _after_failure(self) -> str:
+        """A run that fails before it saved anything gives the folder back to the run it replaced (if any)."""
+        if not self.dist.is_main:
+            return ""
+        self.metrics.close()
+        if self.folder.stashed and not self.folder.committed:
+            self.folder.rollback()
+            return f"; the previous run in {self.out} was kept"
+        last = S.latest_checkpoint(self.out / S.CHECKPOINTS)
+        return f"; then rerun with --resume to continue from {last.name}" if last else ""
+
+    def _train(self) -> TrainResult:
         t, p = self.cfg.training, self.progress
-        if t.metric in ("accuracy", "f1") and not self.task.classification:
-            raise ConfigError(f"training.metric={t.metric!r} needs a seq-cls task; use loss or auto")
         started, first_step = time.perf_counter(), p.step
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and t.progress))
@@ -301,8 +401,15 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
-            torch.set_num_threads(self._globals[0])
-            torch.use_deterministic_algorithms(self._globals[1], warn_only=self._globals[2])
+
+
+def check_start(cfg: TrainConfig, resume: bool | str | None = None, world_size: int = 1) -> None:
+    """Run every start-up check of `train` (config, paths, data, model, targets, sinks, the checkpoint to resume)
+    for a run of `world_size` processes, and write nothing. Raises what the run would raise at start."""
+    Trainer(cfg, resume=resume, check_only=True, world_size=world_size)
+    gc.collect()  # the model it loaded goes before the workers load theirs
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def train(cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> TrainResult:
