@@ -42,7 +42,7 @@ def build_fixture(folder: Path, adapters: int, hidden: int, layers: int):
     """A random tiny Llama with a chat template, and `adapters` adapters saved under folder/adapters."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorakit.train.tiny import make_tiny_model
+    from lorakit.hf.tiny import make_tiny_model
 
     base = make_tiny_model(folder / "base", "llama", hidden_size=hidden, layers=layers)
     tokenizer = AutoTokenizer.from_pretrained(base)

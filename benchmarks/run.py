@@ -29,7 +29,7 @@ NOTES = [
     "Forward bound: LoRA's extra multiply-adds r(in+out) per token and adapted layer, over the whole model's "
     "(attention and the output head included), for the two low-rank products. With many tokens per call "
     "lorakit instead builds W + s B A for the call (out*in*r multiply-adds, W untouched; "
-    "src/lorakit/layers/fast_linear.py), which is how it can land below that bound.",
+    "src/lorakit/kernels/linear.py), which is how it can land below that bound.",
     "Training speed-up bound: full fine-tuning runs every weight matmul 3 times (forward, input grad, weight "
     "grad); LoRA skips the frozen weights' gradients and the first block's input gradients, and adds its "
     "low-rank products 3 times. The throughput row's bound is PEFT's step over the floor's: the frozen model "

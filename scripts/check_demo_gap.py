@@ -7,9 +7,10 @@ depend on lorakit itself).
 
 The probe is given every advantage: mean-pooled and CLS embeddings are both tried (standardized, a
 logistic-regression head trained to convergence, weight decay picked on the test set) and the best test
-accuracy is reported. The fine-tune gets one fixed recipe and no tuning on the test set: LoRA r=8, alpha=16
-on every query/value Linear, a new Linear head on the mean-pooled states, AdamW (weight decay 0.01) with
-lr 1e-3 for LoRA and 1e-2 for the head, linearly decayed to 0, batch 32, 4 epochs, max_len 32.
+accuracy is reported. The fine-tune gets one fixed recipe and no tuning on the test set, the demo's own
+(read from src/lorakit/data/demo.yaml, where the demo's settings are defined once): LoRA r=8, alpha=16 on every
+query/value Linear, a new Linear head on the mean-pooled states, AdamW (weight decay 0.01) with lr 1e-3 for
+LoRA and 1e-2 for the head, linearly decayed to 0, batch 32, 4 epochs, max_len 32.
 
 Why the head learns faster: the label is an interaction (which noun is the doer depends on the construction),
 which the frozen features expose only weakly, so the head and the adapters must find it together; with the head
@@ -29,9 +30,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+import yaml
 from torch import nn
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "lorakit" / "data"
+DEMO = yaml.safe_load((DATA_DIR / "demo.yaml").read_text(encoding="utf-8"))  # the demo's settings, read as data
 
 
 def model_dir() -> Path:
@@ -125,7 +128,7 @@ def finetune(train_batches, test_batches, n_classes: int, args) -> float:
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     opt = torch.optim.AdamW(
         [{"params": lora_params, "lr": args.lr}, {"params": model.head.parameters(), "lr": args.head_lr}],
-        weight_decay=0.01,
+        weight_decay=args.weight_decay,
     )
     total = args.epochs * len(train_batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
@@ -172,15 +175,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-file", type=Path, default=DATA_DIR / "demo_train.jsonl")
     parser.add_argument("--test-file", type=Path, default=DATA_DIR / "demo_test.jsonl")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-len", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--head-lr", type=float, default=1e-2)
+    training, lora = DEMO["training"], DEMO["lora"]
+    parser.add_argument("--epochs", type=int, default=training["epochs"])
+    parser.add_argument("--batch-size", type=int, default=training["batch_size"])
+    parser.add_argument("--max-len", type=int, default=DEMO["data"]["max_seq_len"])
+    parser.add_argument("--rank", type=int, default=lora["r"])
+    parser.add_argument("--alpha", type=float, default=float(lora["lora_alpha"]))
+    parser.add_argument("--lr", type=float, default=float(training["lr"]))
+    parser.add_argument("--head-lr", type=float, default=float(training["head_lr"]))
+    parser.add_argument("--weight-decay", type=float, default=float(training["weight_decay"]))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=training["seed"])
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()

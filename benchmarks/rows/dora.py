@@ -1,6 +1,6 @@
 """DoRA rows: DoRA training step time / LoRA step time, and the peak training memory ratio, in each library.
 
-Pending until lorakit supports `use_dora` (layers/dora.py). Before timing: lorakit's DoRA and PEFT's, with the
+Pending until lorakit supports `use_dora` (variants/dora.py). Before timing: lorakit's DoRA and PEFT's, with the
 same weights (magnitude included), give the same outputs and the same losses over a few training steps.
 """
 

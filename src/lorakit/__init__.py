@@ -1,7 +1,6 @@
 """lorakit: LoRA adapters for PyTorch and Hugging Face models, in PEFT's on-disk format."""
 
-__version__ = "0.1.0"
-
+from lorakit import hf_save as _hf_save  # noqa: F401  (save_pretrained follows the model's adapters)
 from lorakit.adapters import (
     active_adapters,
     add_adapter,
@@ -30,6 +29,8 @@ from lorakit.errors import (
 from lorakit.inject import register_layer_type
 from lorakit.io.checkpoint import adapter_state_dict, load_adapter, read_adapter, save_adapter
 from lorakit.mixed import mixed_adapters
+from lorakit.variants import builtin as _builtin_variants  # noqa: F401  (registers the built-in variants)
+from lorakit.version import __version__
 
 __all__ = [
     "AdapterError",
@@ -68,9 +69,14 @@ _LAZY = {  # optional dependencies (bitsandbytes): imported on first use, so `im
 }
 
 
+_LAZY_MODULES = ("quantize",)  # `lorakit.quantize.quantization_of(...)` after a bare `import lorakit` (docs/qlora.md)
+
+
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name in _LAZY or name in _LAZY_MODULES:
         import importlib
 
+        if name in _LAZY_MODULES:
+            return importlib.import_module(f"lorakit.{name}")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lorakit' has no attribute {name!r}")

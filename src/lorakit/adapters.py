@@ -10,44 +10,30 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from lorakit.adapter_state import (  # noqa: F401  (re-exported: the lifecycle's public names live here)
+    ACTIVE_ATTR,
+    REGISTRY_ATTR,
+    active_adapters,
+    adapter_configs,
+    delete_adapter,
+    get_config,
+    list_adapters,
+    notify,
+    require,
+    set_adapter,
+)
+from lorakit.adapter_state import apply_trainable as _apply_trainable
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError, MergeError, TargetError
 from lorakit.inject import inject, lora_layers, set_submodule, trainable_copies
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.saved_module import TrainableCopy
+from lorakit.rollback import restore_on_error
+from lorakit.variants.registry import variants_of
 
-REGISTRY_ATTR = "_lorakit_configs"  # {adapter name: LoraConfig}, kept on the model itself
-ACTIVE_ATTR = "_lorakit_active"
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 # names a torch ModuleDict / ParameterDict already uses as attributes ("forward", "items", "training", ...)
 RESERVED_NAMES = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
-
-
-# -- registry --------------------------------------------------------------------------------------------
-def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
-    return model.__dict__.setdefault(REGISTRY_ATTR, {})
-
-
-def list_adapters(model: nn.Module) -> list[str]:
-    return list(adapter_configs(model))
-
-
-def active_adapters(model: nn.Module) -> list[str]:
-    return list(model.__dict__.get(ACTIVE_ATTR, []))
-
-
-def get_config(model: nn.Module, adapter_name: str = "default") -> LoraConfig:
-    configs = adapter_configs(model)
-    if adapter_name not in configs:
-        raise AdapterError(f"no adapter named {adapter_name!r}; the model has {sorted(configs) or 'none'}")
-    return configs[adapter_name]
-
-
-def _require(model: nn.Module, names: list[str]) -> None:
-    known = adapter_configs(model)
-    for name in names:
-        if name not in known:
-            raise AdapterError(f"no adapter named {name!r}; the model has {sorted(known) or 'none'}")
 
 
 # -- add / activate / delete -----------------------------------------------------------------------------
@@ -70,11 +56,10 @@ def add_adapter(
         raise AdapterError(
             f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first"
         )
-    if not autocast_adapter_dtype and (config.use_dora or config.peft_type != "LORA"):
+    fp32_variant = next((v for v in variants_of(config) if v.keeps_fp32), None)
+    if not autocast_adapter_dtype and fp32_variant is not None:
         raise AdapterError(f"autocast_adapter_dtype=False keeps plain LoRA adapters in the base's dtype; "
-                           f"{'DoRA' if config.use_dora else config.peft_type} adapters stay in fp32: leave it True")
-    from lorakit.rollback import restore_on_error  # imported here: rollback builds on this module
-
+                           f"{fp32_variant.title} adapters stay in fp32: leave it True")
     first = not configs
     with restore_on_error(model, adapter_name, config):  # a failure half-way leaves the model as it was
         if first:
@@ -92,9 +77,7 @@ def add_adapter(
         else:
             _apply_trainable(model)
         _apply_bias_mode(model, config)
-    from lorakit import hf_save  # imported here: it saves through io/, which builds on this module
-
-    hf_save.install(model)  # save_pretrained now writes the PEFT adapter
+    notify(model, True)  # watchers (lorakit.hf_save: save_pretrained now writes the PEFT adapter)
     return model
 
 
@@ -122,42 +105,6 @@ def _inside_wrapper(model: nn.Module, path: str) -> bool:
     return any(isinstance(model.get_submodule(".".join(parts[:i])), TrainableCopy) for i in range(1, len(parts)))
 
 
-def set_adapter(model: nn.Module, adapter_names: str | list[str]) -> None:
-    """Make these adapters the active ones (their outputs add); adapter weights of the others are frozen."""
-    names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-    _require(model, names)
-    for path, layer in lora_layers(model):
-        stale = [n for n in layer.merged_adapters if n not in names]
-        if stale:
-            raise AdapterError(
-                f"adapter {stale[0]!r} is merged into the base weights (layer {path}); call "
-                "unmerge_adapter(model) before changing the active adapters"
-            )
-        layer.set_active(names)
-    for _, wrapper in trainable_copies(model):
-        wrapper.set_active(names)
-    model.__dict__[ACTIVE_ATTR] = names
-    _apply_trainable(model)
-
-
-def _apply_trainable(model: nn.Module) -> None:
-    """Adapter tensors train when their adapter is active and not in inference mode."""
-    configs = adapter_configs(model)
-    active = set(active_adapters(model))
-    for _, layer in lora_layers(model):
-        for attr in layer.adapter_containers:
-            container = getattr(layer, attr, None) or {}
-            for name in container:
-                trainable = name in active and not configs[name].inference_mode
-                container_item = container[name]
-                params = [container_item] if isinstance(container_item, nn.Parameter) else container_item.parameters()
-                for param in params:
-                    param.requires_grad_(trainable)
-    for _, wrapper in trainable_copies(model):
-        for name, copy in wrapper.modules_to_save.items():
-            copy.requires_grad_(name in active and not configs[name].inference_mode)
-
-
 def _apply_bias_mode(model: nn.Module, config: LoraConfig) -> None:
     if config.bias == "none" or config.inference_mode:
         return
@@ -171,24 +118,6 @@ def _apply_bias_mode(model: nn.Module, config: LoraConfig) -> None:
             bias = getattr(layer.base_layer, "bias", None)
             if bias is not None:
                 bias.requires_grad_(True)
-
-
-def delete_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Remove an adapter everywhere; layers left with no adapter get their base layer back."""
-    _require(model, [adapter_name])
-    for path, layer in list(lora_layers(model)):
-        if adapter_name in layer.r:
-            layer.delete_adapter(adapter_name)
-        if not layer.adapter_names:
-            set_submodule(model, path, layer.base_layer)
-    for path, wrapper in list(trainable_copies(model)):
-        wrapper.delete_adapter(adapter_name)
-        if not wrapper.adapter_names:
-            set_submodule(model, path, wrapper.original_module)
-    del adapter_configs(model)[adapter_name]
-    model.__dict__[ACTIVE_ATTR] = [a for a in active_adapters(model) if a != adapter_name]
-    if not adapter_configs(model):
-        _forget_save_pretrained(model)
 
 
 @contextmanager
@@ -216,7 +145,7 @@ def merge_adapter(model: nn.Module, adapter_names: list[str] | None = None, safe
 
     With safe_merge, a merge that would produce NaN/Inf raises before the layer's weight is touched."""
     names = active_adapters(model) if adapter_names is None else list(adapter_names)
-    _require(model, names)
+    require(model, names)
     users = _parameter_users(model)
     for path, layer in lora_layers(model):  # check all layers first: a refusal leaves every weight untouched
         try:
@@ -275,18 +204,10 @@ def unload(model: nn.Module, _merged_ok: bool = False) -> nn.Module:
         set_submodule(model, path, wrapper.active_module() if _merged_ok else wrapper.original_module)
     model.__dict__.pop(REGISTRY_ATTR, None)
     model.__dict__.pop(ACTIVE_ATTR, None)
-    _forget_save_pretrained(model)
+    notify(model, False)  # without adapters the model saves as its class does again
     return model
 
 
-def _forget_save_pretrained(model: nn.Module) -> None:
-    """Without adapters the model saves as its class does again (see lorakit.hf_save)."""
-    from lorakit import hf_save  # imported here, as in add_adapter
-
-    hf_save.uninstall(model)
-
-
-# -- parameter counts --------------------------------------------------------------------------------------
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters; packed 4-bit weights count as the parameters they hold."""
     trainable = total = 0

@@ -21,7 +21,10 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from lorakit.adapters import adapter_configs, add_adapter, get_config
 from lorakit.errors import AdapterError, ConfigError
+from lorakit.inject import lora_layers
+from lorakit.variants.registry import config_flags
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -139,9 +142,6 @@ def combine_adapters(
 
     `rank`: target rank for "svd" (default: the largest input rank). `density`: kept fraction for ties/dare.
     `majority_sign`: "total" or "frequency", how ties / dare_ties elect each entry's sign."""
-    from lorakit.adapters import adapter_configs, add_adapter, get_config
-    from lorakit.inject import lora_layers
-
     if method not in METHODS:
         raise ConfigError(f"method={method!r}: expected one of {sorted(METHODS)}")
     if len(adapter_names) != len(weights) or not adapter_names:
@@ -164,7 +164,8 @@ def combine_adapters(
         if not present:
             continue
         if any(n in layer.lora_variant for n in present):
-            raise AdapterError(f"layer {path}: combining DoRA/variant adapters is not supported; use plain LoRA ones")
+            raise AdapterError(f"layer {path}: combining adapters of a LoRA variant (a per-layer variant module) is "
+                               "not supported; use plain LoRA ones")
         pairs, coeffs = [], []
         for name, weight in zip(adapter_names, weights, strict=True):
             if name in layer.r:
@@ -176,7 +177,8 @@ def combine_adapters(
     ranks = {path: a.shape[0] for path, (a, _) in results.items()}
     top = max(ranks.values())
     config = replace(
-        configs[0], r=top, lora_alpha=top, use_rslora=False, init_lora_weights=True, use_dora=False,
+        configs[0], r=top, lora_alpha=top, use_rslora=False, init_lora_weights=True,
+        **{flag: False for flag in config_flags()},  # the variants' switches off: the result is plain LoRA
         target_modules=sorted(results), exclude_modules=None, layers_to_transform=None, layers_pattern=None,
         rank_pattern={_exact(p): k for p, k in ranks.items() if k != top},
         alpha_pattern={_exact(p): k for p, k in ranks.items() if k != top},

@@ -8,9 +8,11 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lorakit.errors import ConfigError
+from lorakit.layers.lowrank import lora_scaling
+from lorakit.variants.registry import peft_types
 
 INIT_METHODS = ("gaussian", "pissa", "olora")  # besides True / False; "pissa_niter_<k>" is fast PiSSA
 BIAS_MODES = ("none", "all", "lora_only")
@@ -59,6 +61,7 @@ class LoraConfig:
     base_model_name_or_path: str | None = None
     inference_mode: bool = False  # adapter weights frozen
     peft_type: str = "LORA"
+    PEFT_TYPE: ClassVar[str] = "LORA"  # the peft_type this class describes (a variant's subclass sets its own)
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -75,8 +78,9 @@ class LoraConfig:
                 f"init_lora_weights={init!r}: expected True, False, {', '.join(map(repr, INIT_METHODS))} "
                 "or 'pissa_niter_<k>'"
             )
-        if self.peft_type != "LORA":
-            raise ConfigError(f"peft_type={self.peft_type!r}: this config describes a LoRA adapter ('LORA')")
+        if self.peft_type != self.PEFT_TYPE:  # a variant's config class declares its own (variants/registry.py)
+            raise ConfigError(f"peft_type={self.peft_type!r}: this config describes a LoRA adapter "
+                              f"({self.PEFT_TYPE!r})")
         if isinstance(self.target_modules, str) and self.target_modules.lower() == "all-linear":
             self.target_modules = "all-linear"  # PEFT accepts any case
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
@@ -106,9 +110,7 @@ class LoraConfig:
         return _pattern_value(self.alpha_pattern, module_path, self.lora_alpha)
 
     def scaling_for(self, module_path: str) -> float:
-        r = self.rank_for(module_path)
-        alpha = self.alpha_for(module_path)
-        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+        return lora_scaling(self.alpha_for(module_path), self.rank_for(module_path), self.use_rslora)
 
     # -- dict / file round trip ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -151,10 +153,10 @@ class LoraConfig:
                     f"adapter_config.json sets {key}={value!r}, a PEFT feature lorakit does not support; "
                     "load this adapter with PEFT, or re-save it without that feature"
                 )
-        if values.get("peft_type", "LORA") != "LORA":
+        if values.get("peft_type", cls.PEFT_TYPE) != cls.PEFT_TYPE:
             raise ConfigError(
                 f"adapter_config.json has peft_type={values['peft_type']!r}; only LoRA adapters ('LORA') are read "
-                "here (lorakit.load_adapter also reads AdaLoRA ones, 'ADALORA')"
+                f"here (lorakit.load_adapter reads every registered peft_type: {peft_types()})"
             )
         if isinstance(values.get("target_modules"), list):
             values["target_modules"] = sorted(values["target_modules"])

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from lorakit.adapters import adapter_configs
+from lorakit.adapter_state import ADAPTER_WATCHERS, adapter_configs
 from lorakit.errors import AdapterError, AdapterFileError
 from lorakit.io.atomic import replace_files
 from lorakit.io.checkpoint import save_adapter
@@ -113,3 +113,14 @@ def install(model: nn.Module) -> None:
 def uninstall(model: nn.Module) -> None:
     if isinstance(model.__dict__.get(ATTR), AdapterSaver):
         del model.__dict__[ATTR]
+
+
+def _watch(model: nn.Module, has_adapters: bool) -> None:
+    """Follow the model's adapters (lorakit.adapter_state calls this after an add and after the last removal)."""
+    if has_adapters:
+        install(model)
+    else:
+        uninstall(model)
+
+
+ADAPTER_WATCHERS.append(_watch)

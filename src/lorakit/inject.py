@@ -18,6 +18,7 @@ from lorakit.layers.conv import LoraConv
 from lorakit.layers.embedding import LoraEmbedding
 from lorakit.layers.linear import LoraLinear
 from lorakit.layers.saved_module import TrainableCopy
+from lorakit.variants.registry import layer_variant_name
 
 try:  # GPT-2 style layers: weight stored (in, out)
     from transformers.pytorch_utils import Conv1D
@@ -202,7 +203,7 @@ def spec_for(config: LoraConfig, path: str) -> AdapterSpec:
     return AdapterSpec(
         r=config.rank_for(path), lora_alpha=config.alpha_for(path), lora_dropout=config.lora_dropout,
         use_rslora=config.use_rslora, init_lora_weights=config.init_lora_weights, lora_bias=config.lora_bias,
-        use_dora=config.use_dora,
+        variant=layer_variant_name(config),
     )
 
 
@@ -245,7 +246,7 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]
     oversized = oversized_ranks(model, config, paths)
     if oversized:  # PEFT allows it; it is rarely meant (lorakit train refuses it)
         warnings.warn(describe_oversized(oversized) + "; lower r (or rank_pattern for these layers)", stacklevel=3)
-    custom = getattr(config, "inject_layer", None)  # variant configs (AdaLoRA) wrap and add with their own layers
+    custom = getattr(config, "inject_layer", None)  # a variant config may wrap and add with its own layer types
     for path in paths:
         module = model.get_submodule(path)
         if custom is not None:

@@ -6,7 +6,10 @@
 
 Per row i of a layer, with the row's entries (adapter k, weight w_k) and the base output y_i = W x_i + bias:
 
-    y_i + sum_k w_k [ (g_k - 1) (y_i - bias) + g_k s_k B_k A_k x_i ]      g_k = m_k / ||W + s_k B_k A_k|| (DoRA) or 1
+    y_i + sum_k w_k [ (h_k - 1) (y_i - bias) + g_k s_k B_k A_k x_i ]
+
+g_k (out,): the row factor of a variant's update, from its module's `fold(layer, name) -> (g, scales_base)`
+(1 for plain LoRA); h_k = g_k when the factor also scales the base output (e.g. m_k / ||W + s_k B_k A_k||), else 1.
 
 i.e. the weighted sum of each adapter's own contribution, never a merged weight. When a plan starts, each layer's
 row weights are stacked once (`RowWeights`: the entries of a row side by side, zero-padded to the largest rank);
@@ -48,7 +51,8 @@ class RowWeights:
 
     a: (n, K*R, in), or (n, vocab, K*R) for an embedding (a lookup table);  b: (n, out, K*R)
     scale: multiplies h = x A^T per column, (n, 1, K*R) or a number: weight * scaling of each entry
-    gain: (n, 1, out) sum_k w_k (g_k - 1) (DoRA), shift: (n, 1, out) sum_k w_k s_k g_k lora_bias_k, or None.
+    gain: (n, 1, out) sum_k w_k (h_k - 1) (a variant's base factor),
+    shift: (n, 1, out) sum_k w_k s_k g_k lora_bias_k, or None.
     n is the number of rows, or 1 when all rows are alike (then a and b may be views of the adapter's tensors)."""
 
     a: torch.Tensor
@@ -158,7 +162,7 @@ def _conv(plan: MixedPlan, layer: LoraConv, x: torch.Tensor, y: torch.Tensor) ->
     y = y.clone()
     for name in dict.fromkeys(n for row in plan.entries for n, _ in row if n in layer.r):
         if name in layer.lora_variant:
-            raise AdapterError(f"adapter {name!r}: mixed-adapter batches do not support DoRA on convolutions")
+            raise AdapterError(f"adapter {name!r}: mixed-adapter batches do not support LoRA variants on convolutions")
         weight = torch.tensor([sum(w for n, w in row if n == name) for row in plan.entries], device=x.device)
         weight = weight.repeat_interleave(copies)  # (batch,): this adapter's weight in each row
         idx = weight.nonzero().flatten()
@@ -204,23 +208,33 @@ def model_row_weights(layer: LoraLayer, plan: MixedPlan) -> RowWeights | None:
 
 
 def _entry(layer: LoraLayer, name: str, weight: float) -> tuple:
-    """(a in lookup layout, b with DoRA's g folded in, weight * scaling, w (g - 1) or None, w s g bias or None)."""
+    """(a in lookup layout, b with the variant's g folded in, weight * scaling, w (h - 1) or None, w s g bias or None).
+    """
     a, b = (t.detach() for t in layer.lora_weights(name))
     if isinstance(layer, LoraEmbedding):
         a = a.T  # (vocab, r): looked up by token id
     scale = weight * layer.scaling[name]
-    factor = None
+    factor, scales_base = None, False
     if name in layer.lora_variant:
         variant = layer.lora_variant[name]
-        if not callable(getattr(variant, "factor", None)):
+        if not callable(getattr(variant, "fold", None)):
             raise AdapterError(f"adapter {name!r} uses {type(variant).__name__}, which mixed-adapter batches do not "
-                               "support (they support LoRA and DoRA)")
-        factor = variant.factor(layer, name).detach().reshape(-1).to(b.dtype)  # m / ||W + s B A||, (out,)
-        b = b * factor[:, None]
-    bias = layer.lora_B[name].bias if layer.lora_bias.get(name) else None
-    gain = None if factor is None else weight * (factor - 1)
-    shift = None if bias is None else bias.detach() * (scale if factor is None else scale * factor)
-    return a, b, scale, gain, shift
+                               "support (they support LoRA and the variants whose module has fold(layer, name))")
+        factor, scales_base = variant.fold(layer, name)  # (out,) row factor of the update; does it scale W x too?
+        factor = factor.detach().reshape(-1).to(b.dtype)
+    bias = layer.lora_B[name].bias.detach() if layer.lora_bias.get(name) else None
+    b, gain, shift = row_fold(b, factor, scales_base, bias, scale)
+    return a, b, scale, None if gain is None else weight * gain, shift
+
+
+def row_fold(b: torch.Tensor, factor: torch.Tensor | None, scales_base: bool, bias: torch.Tensor | None,
+             bias_scale: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """An adapter's update as plain factors: (B with the variant's row factor g folded in, g - 1 where g also
+    scales the base output, bias_scale · g · lora_bias). Shared by mixed batches and the server's cache."""
+    if factor is None:
+        return b, None, None if bias is None else bias * bias_scale
+    shift = None if bias is None else bias * (bias_scale * factor)
+    return b * factor[:, None], factor - 1 if scales_base else None, shift
 
 
 def _stack(tensors: list[torch.Tensor], rank: int, dim: int) -> torch.Tensor:

@@ -5,14 +5,13 @@
 
 Every `nn.Linear` becomes a bitsandbytes `Linear4bit` / `Linear8bitLt`, except the output head and the
 modules named in `skip_modules` (classification heads by default). Embeddings and norms are not linear layers,
-so they keep their precision, as does the head. bitsandbytes is imported only here and in layers/quantized.py
-(which reads and writes one quantized layer's weight and works around two CPU bugs of bitsandbytes 0.50; see
-there), and only when quantization is used.
+so they keep their precision, as does the head. bitsandbytes is reached through lorakit/bnb.py only (which also
+reads and writes one quantized layer's weight and works around two CPU bugs of bitsandbytes 0.50; see there), and
+imported only when quantization is used.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,9 +19,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lorakit.bnb import (
+    cpu_4bit_kernel_is_wrong,
+    dequantize_linear,
+    import_bitsandbytes,
+    is_4bit,
+    is_quantized,
+    prepare_layer,
+    prepare_model,
+    quantized_layers,
+)
 from lorakit.errors import ConfigError
+from lorakit.inject import prepare_optional_types, set_submodule
 from lorakit.layers.base import LoraLayer
 
+__all__ = [  # with bnb.py's model-level helpers, documented as lorakit.quantize.* (docs/qlora.md)
+    "DEFAULT_SKIP", "METHODS", "QuantConfig", "apply_quantization", "dequantize_model", "import_bitsandbytes",
+    "is_4bit", "is_quantized", "parse_dtype", "prepare_model", "quantization_of", "quantize_linear", "quantize_model",
+    "quantized_bytes", "quantized_layers",
+]
 METHODS = ("nf4", "fp4", "int8")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -70,45 +85,6 @@ def parse_dtype(value: torch.dtype | str) -> torch.dtype:
     return DTYPES[key]
 
 
-# -- bitsandbytes, imported lazily ---------------------------------------------------------------------------
-class _DropMessages(logging.Filter):
-    """bitsandbytes log lines that are expected on CPU and ask nothing of a lorakit user (the optional hub kernel
-    for the CPU inference layout lorakit switches off; the fp16 cast of LLM.int8's inputs, once per matmul)."""
-
-    NOISE = ("Failed to load CPU gemm_4bit_forward", "inputs will be cast from")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(part in str(record.msg) for part in self.NOISE)
-
-
-def import_bitsandbytes():
-    """The bitsandbytes module, or a ConfigError naming the install command."""
-    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages())
-    try:
-        import bitsandbytes
-    except ImportError as exc:
-        raise ConfigError(
-            f"quantization needs bitsandbytes, which is not installed ({exc}); "
-            "pip install bitsandbytes   (or: pip install 'lorakit[qlora]')"
-        ) from None
-    return bitsandbytes
-
-
-def is_quantized(module: nn.Module) -> bool:
-    """A bitsandbytes 4-bit or 8-bit linear layer (never imports bitsandbytes for other modules)."""
-    if not type(module).__module__.startswith("bitsandbytes"):
-        return False
-    bnb = import_bitsandbytes()
-    return isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
-
-
-def is_4bit(module: nn.Module) -> bool:
-    return is_quantized(module) and isinstance(module, import_bitsandbytes().nn.Linear4bit)
-
-
 # -- quantizing --------------------------------------------------------------------------------------------------
 def quantize_model(
     model: nn.Module,
@@ -128,9 +104,6 @@ def quantize_model(
 def apply_quantization(model: nn.Module, config: QuantConfig) -> nn.Module:
     """quantize_model with a QuantConfig (all options, e.g. blocksize and int8_threshold)."""
     import_bitsandbytes()
-    from lorakit.inject import set_submodule
-    from lorakit.layers.quantized import cpu_4bit_kernel_is_wrong  # also registers the LoRA wrappers
-
     _refuse_adapters_and_quantized(model)
     skip = list(DEFAULT_SKIP if config.skip_modules is None else config.skip_modules)
     head = _output_head(model)
@@ -158,14 +131,13 @@ def apply_quantization(model: nn.Module, config: QuantConfig) -> nn.Module:
         why = f"; kept for the CPU kernel: {kept[:3]}" if kept else ""
         raise ConfigError(f"quantize_model found no nn.Linear layer to quantize (skip_modules={skip}{why})")
     model.__dict__[QUANT_ATTR] = config
+    prepare_optional_types(model)  # registers the LoRA wrappers for bitsandbytes' layers (layers/quantized.py)
     return model
 
 
 def quantize_linear(linear: nn.Linear, config: QuantConfig) -> nn.Module:
     """A bitsandbytes layer holding `linear`'s weight, quantized; the bias (full precision) is shared."""
     bnb = import_bitsandbytes()
-    from lorakit.layers.quantized import prepare_layer
-
     device = linear.weight.device
     has_bias = linear.bias is not None
     # built on the meta device: the layer's own random init would be thrown away anyway
@@ -192,8 +164,6 @@ def quantize_linear(linear: nn.Linear, config: QuantConfig) -> nn.Module:
 
 
 def _refuse_adapters_and_quantized(model: nn.Module) -> None:
-    from lorakit.layers.base import LoraLayer
-
     for path, module in model.named_modules():
         if isinstance(module, LoraLayer):
             raise ConfigError(
@@ -225,34 +195,6 @@ def _shared_weights(model: nn.Module) -> set[int]:
 
 
 # -- reading a quantized model -----------------------------------------------------------------------------------
-def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, layer) for every bitsandbytes linear layer, including those inside LoRA wrappers."""
-    return [(path, module) for path, module in model.named_modules() if is_quantized(module)]
-
-
-def prepare_model(model: nn.Module) -> nn.Module:
-    """Put every bitsandbytes layer on the exact CPU path and make count_parameters count it (see
-    layers/quantized.py), e.g. for a model transformers loaded with BitsAndBytesConfig. add_adapter and
-    load_adapter call it; call it yourself before running such a model in eval mode on CPU. Warns about layers
-    bitsandbytes' CPU kernel computes wrongly (quantize_model keeps those in full precision instead)."""
-    from lorakit.layers.quantized import cpu_4bit_kernel_is_wrong, prepare_layer
-
-    wrong = []
-    for path, layer in quantized_layers(model):
-        prepare_layer(layer)
-        if is_4bit(layer) and cpu_4bit_kernel_is_wrong(layer.in_features, layer.weight.blocksize, layer.weight.device):
-            wrong.append(path)
-    if wrong and not model.__dict__.get("_lorakit_warned_cpu_4bit"):
-        model.__dict__["_lorakit_warned_cpu_4bit"] = True
-        warnings.warn(
-            f"{len(wrong)} 4-bit layer(s), e.g. {wrong[:3]}, compute with wrong weights on CPU: bitsandbytes' CPU "
-            "kernel mis-reads the block scales when in_features is not a multiple of the blocksize. Load the model "
-            "in full precision and use lorakit.quantize.quantize_model, which keeps such layers unquantized",
-            stacklevel=2,
-        )
-    return model
-
-
 def quantization_of(model: nn.Module) -> QuantConfig | None:
     """How the model is quantized: the recorded QuantConfig, or one read off its layers (e.g. a model that
     transformers loaded with BitsAndBytesConfig); None for a full-precision model."""
@@ -272,9 +214,6 @@ def quantization_of(model: nn.Module) -> QuantConfig | None:
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Replace every bitsandbytes linear layer (also inside LoRA wrappers) by an exact nn.Linear; in place."""
-    from lorakit.inject import set_submodule
-    from lorakit.layers.quantized import dequantize_linear
-
     for path, layer in quantized_layers(model):
         set_submodule(model, path, dequantize_linear(layer, dtype))
     model.__dict__.pop(QUANT_ATTR, None)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from lorakit.adapters import ACTIVE_ATTR, REGISTRY_ATTR, active_adapters, adapter_configs, delete_adapter
+from lorakit.adapter_state import ACTIVE_ATTR, REGISTRY_ATTR, active_adapters, adapter_configs, delete_adapter
 from lorakit.config import LoraConfig
 from lorakit.errors import LorakitError
 from lorakit.inject import base_of, find_targets, lora_layers, trainable_copies
@@ -26,7 +26,7 @@ def restore_on_error(model: nn.Module, adapter_name: str, config: LoraConfig) ->
     active = active_adapters(model)
     had_attrs = {attr: attr in model.__dict__ for attr in (REGISTRY_ATTR, ACTIVE_ATTR)}
     base_weights = _base_weights_changed_by_init(model, config)
-    # layers wrapped before the load: a variant may give them new containers (DoRA's lora_magnitude_vector)
+    # layers wrapped before the load: a variant may give them new containers (e.g. a magnitude vector)
     layers = [(layer, set(layer._modules), layer.__dict__.get("adapter_containers")) for _, layer in lora_layers(model)]
     try:
         yield

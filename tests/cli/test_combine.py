@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli.main import main
+from lorakit.hf.tiny import make_tiny_model
 from lorakit.inject import lora_layers
-from lorakit.train.tiny import make_tiny_model
 from tests.cli.cli_helpers import IDS, one_error_line
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorakit.cli.main import main
-from lorakit.train.loading import demo_data_files
+from lorakit.demo.settings import demo_data_files
 
 
 @pytest.mark.slow

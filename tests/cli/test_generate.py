@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lorakit
 from lorakit.cli.main import main
-from lorakit.train.tiny import make_tiny_model
+from lorakit.hf.tiny import make_tiny_model
 
 
 def expected_text(model, tokenizer, prompt: str, n: int = 6) -> str:

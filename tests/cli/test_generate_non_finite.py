@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lorakit.cli.main import main
-from lorakit.train.tiny import make_tiny_model
+from lorakit.hf.tiny import make_tiny_model
 from tests.cli.cli_helpers import adapter_on, one_error_line
 
 

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli.main import main
+from lorakit.hf.tiny import make_tiny_model
 from lorakit.io.adapter_consistency import first_problem
 from lorakit.io.checkpoint import read_adapter
-from lorakit.train.tiny import make_tiny_model
 from tests.helpers import TinyConvNet, tiny_bert_seq_cls, tiny_llama
 
 PREFIX = "base_model.model.model.layers."

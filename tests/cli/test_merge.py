@@ -10,9 +10,9 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceCl
 
 import lorakit
 from lorakit.cli.main import main
-from lorakit.train.config import ModelConfig
-from lorakit.train.loading import load_model
-from lorakit.train.tiny import make_tiny_model
+from lorakit.hf.config import ModelConfig
+from lorakit.hf.models import load_model
+from lorakit.hf.tiny import make_tiny_model
 from lorakit.train.trainer import train
 from tests.train.runs import config_of, make_run
 

@@ -11,7 +11,7 @@ import yaml
 from transformers import PreTrainedModel
 
 from lorakit.cli.main import main
-from lorakit.train.tiny import make_tiny_model
+from lorakit.hf.tiny import make_tiny_model
 from tests.cli.cli_helpers import adapter_on, merged_logits, one_error_line
 
 

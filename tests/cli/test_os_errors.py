@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lorakit.cli.main import main
-from lorakit.train.tiny import make_tiny_model
+from lorakit.hf.tiny import make_tiny_model
 from tests.cli.cli_helpers import adapter_on, disk_full_under, one_error_line
 from tests.cli.test_inspect import saved_adapter
 

@@ -12,9 +12,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import lorakit
+from lorakit.hf.adapter_model import model_config_for_adapter
+from lorakit.hf.classifier import MeanPoolClassifier
+from lorakit.hf.config import ModelConfig
+from lorakit.hf.models import load_model
 from lorakit.io.keys import PREFIX
-from lorakit.train.config import ModelConfig
-from lorakit.train.loading import MeanPoolClassifier, load_model, model_config_for_adapter
 from lorakit.train.trainer import train
 from tests.train.runs import config_of, make_run
 

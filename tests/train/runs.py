@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from lorakit.hf.tiny import make_tiny_model
 from lorakit.train.config import TrainConfig, load_config
-from lorakit.train.tiny import make_tiny_model
 
 KINDS = {  # kind -> (tiny architecture, task, LoRA targets)
     "causal": ("llama", "causal-lm", ["q_proj", "v_proj"]),

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorakit.demo.settings import DEMO_YAML
 from lorakit.errors import ConfigError
 from lorakit.train.config import TrainConfig, load_config
-from lorakit.train.demo import DEMO_YAML
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -86,8 +86,8 @@ def test_mean_pooling_needs_classification():
 def test_quantization_without_the_quantize_module_is_a_clear_error(monkeypatch):
     import sys
 
-    from lorakit.train.config import ModelConfig
-    from lorakit.train.loading import quantize
+    from lorakit.hf.config import ModelConfig
+    from lorakit.hf.quantized import quantize
 
     monkeypatch.setitem(sys.modules, "lorakit.quantize", None)  # as if the module were absent
     with pytest.raises(ConfigError, match=r"model.quantization='nf4' needs lorakit\.quantize"):

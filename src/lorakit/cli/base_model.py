@@ -14,7 +14,7 @@ from lorakit.errors import ConfigError
 def base_for_adapter(adapter: Path, given: str | None, command: str) -> Path:
     """BASE when given; else the run's train_config.yaml model.path (as `lorakit eval` reads it), else the
     adapter's base_model_name_or_path when it is a local model directory."""
-    from lorakit.train.loading import resolve_model_path
+    from lorakit.hf.paths import resolve_model_path
 
     if given is not None:
         return resolve_model_path(given)

@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     import lorakit
     from lorakit.cli.base_model import base_for_adapter, loading_base
     from lorakit.cli.output_dir import check_output, output_directory
-    from lorakit.train.loading import load_model, model_config_for_adapter, quiet_transformers
+    from lorakit.hf.adapter_model import model_config_for_adapter
+    from lorakit.hf.models import load_model
+    from lorakit.hf.quiet import quiet_transformers
 
     weights = check_options(args)
     adapters, out = [Path(a) for a in args.adapters], Path(args.out)

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorakit.train.demo import run_demo
-    from lorakit.train.loading import quiet_transformers
+    from lorakit.demo.run import run_demo
+    from lorakit.hf.quiet import quiet_transformers
 
     bad = [item for item in args.overrides if "=" not in item]
     if bad:

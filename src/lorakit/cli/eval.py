@@ -40,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     import lorakit
     from lorakit.cli.train import reparse
+    from lorakit.hf.models import load_model
+    from lorakit.hf.quiet import quiet_transformers
+    from lorakit.hf.tokenizer import load_tokenizer
     from lorakit.train.config import load_config
     from lorakit.train.data import build_datasets
-    from lorakit.train.loading import load_model, load_tokenizer, quiet_transformers, resolve_config
+    from lorakit.train.prepare import resolve_config
     from lorakit.train.tasks import TASKS, evaluate
 
     args = reparse(args, define, "lorakit eval", __doc__)

@@ -61,7 +61,7 @@ def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
     import torch
 
     if args.alpaca:
-        from lorakit.train.data_formats import ALPACA_PROMPT_NO_INPUT
+        from lorakit.prompts import ALPACA_PROMPT_NO_INPUT
 
         prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=prompt)
     elif args.chat:
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     import lorakit
-    from lorakit.train.loading import load_tokenizer, quiet_transformers, resolve_model_path
+    from lorakit.hf.paths import resolve_model_path
+    from lorakit.hf.quiet import quiet_transformers
+    from lorakit.hf.tokenizer import load_tokenizer
 
     if args.max_new_tokens <= 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ConfigError("expected --max-new-tokens > 0, --temperature >= 0 and --top-p in (0, 1]")

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import AdapterFileError
+from lorakit.io.adapter_file import AdapterFile
 from lorakit.io.atomic import replace_files
-
-A_KEYS = ("lora_A.weight", "lora_embedding_A")
+from lorakit.variants.registry import config_flags, file_roles, with_hook
 
 
 @dataclass
@@ -53,26 +53,19 @@ def update_singular_values(a: torch.Tensor, b: torch.Tensor, scaling: float) -> 
     return torch.linalg.svdvals(r_b @ r_a.T) * abs(scaling)
 
 
-def layer_infos(config, tensors: dict[str, torch.Tensor]) -> list[LayerInfo]:
-    from lorakit.io.keys import layer_path_of
-
+def layer_infos(file: AdapterFile) -> list[LayerInfo]:
+    """One entry per adapted layer, from its factors (a variant's own as plain A and B: AdapterFile.plain_layers)."""
+    layers = file.plain_layers()
     infos = []
-    for key in sorted(tensors):
-        if key.endswith(".lora_E"):  # AdaLoRA's triplets: A = Λ ⊙ Q, B = P
-            stem = key.removesuffix(".lora_E")
-            a, b = tensors[stem + ".lora_A"] * tensors[key], tensors[stem + ".lora_B"]
-            key = stem + ".lora_A"
-        elif not key.endswith(A_KEYS):
-            continue
-        else:
-            b_key = key.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")
-            a, b = tensors[key], tensors.get(b_key)
-        if b is None:
+    for path in sorted(layers, key=lambda p: p + ".lora"):  # the order of the layers' file keys
+        parts = layers[path]
+        a = parts.get("lora_A.weight", parts.get("lora_embedding_A"))
+        b = parts.get("lora_B.weight", parts.get("lora_embedding_B"))
+        if a is None or b is None:
             continue
         rank = a.shape[0]  # A is (r, in) for linear, (r, num_embeddings) for embedding, (r, in, *k) for conv
-        path = layer_path_of(key)
-        scaling = config.scaling_for(path)
-        values = update_singular_values(a, b, scaling).tolist() if rank else []  # AdaLoRA may prune to rank 0
+        scaling = file.config.scaling_for(path)
+        values = update_singular_values(a, b, scaling).tolist() if rank else []  # a variant may prune to rank 0
         infos.append(LayerInfo(path, rank, a.numel() + b.numel(), scaling, values))
     return infos
 
@@ -127,15 +120,17 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.io.checkpoint import CONFIG_NAME, read_adapter
     from lorakit.train.report import human_bytes
 
-    config, extra, tensors, directory = read_adapter(args.adapter, args.name)
+    file = read_adapter(args.adapter, args.name)
+    config, extra, tensors, directory = file
     problem = first_problem(config, tensors)
     if problem:  # the table would describe an adapter that no loader accepts
         raise AdapterFileError(f"{directory} does not agree with its {CONFIG_NAME}: {problem}")
-    infos = layer_infos(config, tensors)
+    infos = layer_infos(file)
     files = {f.name: f.stat().st_size for f in sorted(directory.iterdir()) if f.is_file()}
     size = sum(v for k, v in files.items() if k.startswith("adapter_"))
     total = sum(t.numel() for t in tensors.values())
-    others = sorted(k for k in tensors if not any(m in k for m in ("lora_A", "lora_B", "lora_E", "lora_embedding_")))
+    factors = ("lora_A", "lora_B", "lora_embedding_", *(r for r, v in file_roles().items() if v.plain_parts))
+    others = sorted(k for k in tensors if not any(m in k for m in factors))
     plot = None if args.no_plot else plot_spectra(infos, args.plot)
     if args.json:
         print(json.dumps({
@@ -147,10 +142,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     targets = config.target_modules
     print(f"adapter {directory}")
-    if config.peft_type == "ADALORA":
-        print(f"  AdaLoRA: init_r={config.init_r} target_r={config.target_r}; ranks kept: "
-              f"{sum(i.rank for i in infos)} in total (per layer below)")
-    print(f"  r={config.r} lora_alpha={config.lora_alpha} use_rslora={config.use_rslora} use_dora={config.use_dora} "
+    variant = with_hook(config, "describe")
+    if variant is not None:
+        print(f"  {variant.describe(config, sum(i.rank for i in infos))}")
+    flags = " ".join([f"use_rslora={config.use_rslora}", *(f"{f}={getattr(config, f)}" for f in config_flags())])
+    print(f"  r={config.r} lora_alpha={config.lora_alpha} {flags} "
           f"dropout={config.lora_dropout} bias={config.bias} task_type={config.task_type}")
     print(f"  target_modules={targets} modules_to_save={config.modules_to_save}")
     print(f"  base model: {config.base_model_name_or_path}; saved by lorakit {extra.get('lorakit_version', '-')}")

@@ -8,9 +8,9 @@ import importlib
 import sys
 from types import ModuleType
 
-from lorakit import __version__
 from lorakit.cli.os_errors import describe_os_error
 from lorakit.errors import LorakitError
+from lorakit.version import __version__
 
 # command -> (module, one-line help). A command whose module is absent is simply not offered.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     import lorakit
     from lorakit.cli.base_model import base_for_adapter, loading_base
     from lorakit.cli.output_dir import check_output, output_directory
-    from lorakit.train.loading import load_model, load_tokenizer, model_config_for_adapter, quiet_transformers
+    from lorakit.hf.adapter_model import model_config_for_adapter
+    from lorakit.hf.models import load_model
+    from lorakit.hf.quiet import quiet_transformers
+    from lorakit.hf.tokenizer import load_tokenizer
 
     quiet_transformers()
     out, adapter = Path(args.out), Path(args.adapter)

@@ -1,5 +1,5 @@
 """The folder a command writes (merge's model, combine's adapter): checked first, written aside, renamed into
-place when complete (train/state.py's atomic_directory), so a failure leaves no half output and the old one whole."""
+place when complete (io/atomic.py's atomic_directory), so a failure leaves no half output and the old one whole."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lorakit.errors import ConfigError
+from lorakit.io.atomic import atomic_directory
 
 
 def check_output(out: Path, overwrite: bool, inputs: dict[str, Path]) -> None:
@@ -26,8 +27,6 @@ def check_output(out: Path, overwrite: bool, inputs: dict[str, Path]) -> None:
 @contextmanager
 def output_directory(out: Path) -> Iterator[Path]:
     """A temporary folder beside OUT; on success it replaces OUT in one rename, on any error it is removed."""
-    from lorakit.train.state import atomic_directory
-
     with atomic_directory(out) as tmp:
         umask = os.umask(0)  # mkdtemp makes the folder private (0700); OUT gets a new folder's usual permissions
         os.umask(umask)

@@ -57,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lorakit.hf.paths import resolve_model_path
+    from lorakit.hf.quiet import quiet_transformers
+    from lorakit.hf.tokenizer import load_tokenizer
     from lorakit.serve import EngineSettings, ServeConfig, build, serve_forever
-    from lorakit.train.loading import load_tokenizer, quiet_transformers, resolve_model_path
 
     _check(args)
     quiet_transformers()

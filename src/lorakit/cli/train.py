@@ -63,8 +63,8 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def load_train_config(items: list[str]):
+    from lorakit.demo.settings import DEMO_YAML
     from lorakit.train.config import load_config
-    from lorakit.train.demo import DEMO_YAML
 
     config, overrides = split_items(items)
     return load_config(config, overrides, base=DEMO_YAML if config is None else None)
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     resume = args.resume_from or args.resume or None
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: expected a positive number of processes (1 runs in this process)")
-    from lorakit.train.loading import quiet_transformers, resolve_config
+    from lorakit.hf.quiet import quiet_transformers
+    from lorakit.train.prepare import resolve_config
     from lorakit.train.report import format_summary
     from lorakit.train.trainer import check_start, train
 

@@ -4,7 +4,8 @@ adapter_config.json holds PEFT's fields only; lorakit's records (base-model fing
 the weights' safetensors metadata, where PEFT and transformers do not look (io/metadata.py). Saves are atomic
 (io/atomic.py: both files or neither; the config is renamed last). Loads check the files before the model is
 touched, and undo everything if anything fails after that.
-PiSSA / OLoRA adapters are saved as plain LoRA exact on the original base weights (io/init_export.py).
+A variant with its own file form (lorakit.variants.registry: read_config / save / copy_tensors) reads and writes
+through its registry entry; everything else here is plain LoRA.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ import torch
 from safetensors.torch import load as safetensors_load
 from torch import nn
 
-from lorakit import __version__
 from lorakit.adapters import ADAPTER_NAME, adapter_configs, add_adapter, get_config
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError, AdapterFileError, ConfigError, LorakitError, TargetError
 from lorakit.inject import default_targets, lora_layers, trainable_copies
 from lorakit.io import wrapped
+from lorakit.io.adapter_file import AdapterFile
 from lorakit.io.atomic import recover_backup, replace_files
 from lorakit.io.fingerprint import check_fingerprint, fingerprint
 from lorakit.io.keys import base_bias_file_key, layer_path_of, model_key_candidates, tensor_role, to_file_key
 from lorakit.io.metadata import checked_weights, encode_weights, legacy_weights
-from lorakit.layers.init import rewrites_base
 from lorakit.rollback import restore_on_error
+from lorakit.variants.registry import config_flags, for_peft_type, with_hook
+from lorakit.version import __version__
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,7 +52,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 # -- saving ----------------------------------------------------------------------------------------------------
 def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's tensors under their file keys (what save_adapter writes; for PiSSA / OLoRA it writes their
-    rank-2r fold instead, io/init_export.py)."""
+    rank-2r fold instead, variants/pissa.py)."""
     model = unwrap_model(model)
     config = get_config(model, adapter_name)
     out: dict[str, torch.Tensor] = {}
@@ -103,15 +105,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     Returns the directory written. A crash mid-save leaves the previous adapter files intact."""
     model = unwrap_model(model)
     config = get_config(model, adapter_name)
-    if config.peft_type == "ADALORA":  # PEFT's AdaLoRA format: pruned SVD triplets + rank_pattern
-        from lorakit.variants.adalora_io import save_adalora
-
-        return save_adalora(model, path, adapter_name)
-    if rewrites_base(config.init_lora_weights):
-        from lorakit.io.init_export import residual_init_export
-
-        export, tensors, records = residual_init_export(model, adapter_name, raw=pissa_raw)
-        return write_adapter_files(model, path, adapter_name, export, tensors, records)
+    variant = with_hook(config, "save")  # a variant with its own file form (e.g. SVD triplets, a rank-2r fold)
+    if variant is not None:
+        return variant.save(model, path, adapter_name, pissa_raw)
     return write_adapter_files(model, path, adapter_name, config, adapter_state_dict(model, adapter_name))
 
 
@@ -155,12 +151,13 @@ def _config_for_file(model: nn.Module, config: LoraConfig) -> dict[str, Any]:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_pickle: bool = False):
-    """Read and validate an adapter directory without a model: (LoraConfig, lorakit records, tensors, dir).
+def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_pickle: bool = False) -> AdapterFile:
+    """Read and validate an adapter directory without a model: an AdapterFile (io/adapter_file.py), the NamedTuple
+    (config, lorakit records, tensors, directory) with the tensors also grouped per layer.
 
     The records (lorakit_fingerprint, lorakit_version, lorakit_weights_sha256, a variant's) come from the weights'
     metadata, or from adapter_config.json in files written before that layout.
-    The config is an AdaLoraConfig for an AdaLoRA file (its tensors keep PEFT's lora_A / lora_E / lora_B keys)."""
+    A file whose peft_type a registered variant owns is read by that variant (its config class, its tensor keys)."""
     directory = resolve_directory(Path(path), adapter_name)
     config_path = directory / CONFIG_NAME
     try:
@@ -173,16 +170,15 @@ def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_p
     if not isinstance(raw, dict):
         raise AdapterFileError(f"{config_path} should hold a JSON object, found {type(raw).__name__}")
     try:
-        if raw.get("peft_type") == "ADALORA":  # an AdaLoraConfig (a LoraConfig) with its keep-masks
-            from lorakit.variants.adalora_io import read_adalora_config
-
-            config, extra = read_adalora_config(raw, adapter_name)
+        variant = for_peft_type(raw.get("peft_type"))
+        if variant is not None and variant.read_config is not None:
+            config, extra = variant.read_config(raw, adapter_name)
         else:
             config, extra = LoraConfig.from_peft_dict(raw)
     except LorakitError as exc:
         raise AdapterFileError(f"{config_path}: {exc}") from None
     tensors, records = _read_weights(directory, allow_pickle, config_bytes, extra.get("lorakit_weights_sha256"))
-    return config, {**extra, **records}, tensors, directory
+    return AdapterFile(config, {**extra, **records}, tensors, directory)
 
 
 def resolve_directory(path: Path, adapter_name: str) -> Path:
@@ -250,9 +246,8 @@ def load_adapter(
         raise AdapterError(f"adapter name {adapter_name!r}: use letters, digits, '_' and '-' only")
     inner = unwrap_model(model)
     config, extra, tensors, directory = read_adapter(path, adapter_name, allow_pickle)
-    copy_tensors = _copy_into_model
-    if config.peft_type == "ADALORA":  # SVD triplets under their own keys
-        from lorakit.variants.adalora_io import copy_adalora_tensors as copy_tensors
+    variant = with_hook(config, "copy_tensors")  # a variant whose tensors have their own keys
+    copy_tensors = _copy_into_model if variant is None else variant.copy_tensors
     source = f"adapter {directory}"
     if adapter_name in adapter_configs(inner):
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
@@ -291,7 +286,7 @@ def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter
             raise AdapterFileError(
                 f"{source} has tensor {file_key}, which matches no parameter of this model "
                 f"(layer {layer_path_of(file_key)!r}); was it saved from another base model, or with a setting "
-                "(target_modules, use_dora, ...) that its adapter_config.json does not record?"
+                f"(target_modules, {', '.join(config_flags())}, ...) that its adapter_config.json does not record?"
             )
         _check_may_change(model_key, file_key, adapter_name, bias_mode, source)
         target = params[model_key]

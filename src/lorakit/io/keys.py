@@ -7,12 +7,15 @@ Special cases (PEFT's, kept for compatibility):
   <path>.lora_magnitude_vector.<name>.weight <->  base_model.model.<path>.lora_magnitude_vector   (no ".weight")
   <path>.modules_to_save.<name>.<param>      <->  base_model.model.<path>.<param>   (the module's own key)
 Base-layer biases (bias="all" / "lora_only") keep their model key under the prefix.
+A registered variant's own tensor roles (variants/registry.py: file_roles) are containers like lora_A's.
 
 Keys are split on "." and matched segment by segment, so an adapter name that is also part of a module name
 ("q" vs "q_proj", "layers" vs "model.layers.0") is never cut out of a path.
 """
 
 from __future__ import annotations
+
+from lorakit.variants.registry import file_roles
 
 PREFIX = "base_model.model."
 # containers whose next key segment is the adapter name
@@ -22,15 +25,20 @@ SAVED_MODULE = "modules_to_save"
 ORIGINAL_MODULE = "original_module"
 
 
+def named_containers() -> tuple[str, ...]:
+    """PEFT's containers and the registered variants' own roles."""
+    return NAMED_CONTAINERS + tuple(role for role in file_roles() if role not in NAMED_CONTAINERS)
+
+
 def strip_prefix(file_key: str) -> str:
     return file_key[len(PREFIX):] if file_key.startswith(PREFIX) else file_key
 
 
 def to_file_key(model_key: str, adapter_name: str) -> str | None:
     """File key for a model key of adapter `adapter_name`; None if the key belongs to no adapter tensor of it."""
-    parts = model_key.split(".")
+    parts, containers = model_key.split("."), named_containers()
     for i, part in enumerate(parts[:-1]):
-        if part in NAMED_CONTAINERS:
+        if part in containers:
             if parts[i + 1] != adapter_name:
                 return None
             rest = parts[i + 2 :]
@@ -56,9 +64,9 @@ def model_key_candidates(
 
     The magnitude vector may be a module's `.weight` (PEFT's layout) or a bare parameter; the loader takes the
     first candidate the model has."""
-    parts = strip_prefix(file_key).split(".")
+    parts, containers = strip_prefix(file_key).split("."), named_containers()
     for i, part in enumerate(parts):
-        if part in NAMED_CONTAINERS:
+        if part in containers:
             named = ".".join([*parts[: i + 1], adapter_name, *parts[i + 1 :]])
             if part == MAGNITUDE and i == len(parts) - 1:
                 return (named + ".weight", named)
@@ -85,18 +93,18 @@ def base_bias_file_key(model_key: str) -> str:
 
 def layer_path_of(file_key: str) -> str:
     """The adapted layer's module path in a file key (for error messages)."""
-    parts = strip_prefix(file_key).split(".")
+    parts, containers = strip_prefix(file_key).split("."), named_containers()
     for i, part in enumerate(parts):
-        if part in NAMED_CONTAINERS:
+        if part in containers:
             return ".".join(parts[:i])
     return ".".join(parts[:-1])
 
 
 def tensor_role(file_key: str) -> str:
     """What a file key holds, for messages: "lora_A", "lora_B.bias", "lora_magnitude_vector", or the last segment."""
-    parts = strip_prefix(file_key).split(".")
+    parts, containers = strip_prefix(file_key).split("."), named_containers()
     for i, part in enumerate(parts):
-        if part in NAMED_CONTAINERS:
+        if part in containers:
             rest = parts[i + 1 :]
             return part if rest in ([], ["weight"]) else ".".join([part, *rest])
     return parts[-1]

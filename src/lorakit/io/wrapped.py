@@ -1,6 +1,6 @@
 """Adapter files of a wrapper model: the files describe the model it wraps, the wrapper's own head is a sidecar.
 
-A wrapper (train/loading.py's MeanPoolClassifier: an AutoModel as `.encoder` plus a mean-pooled `classifier`)
+A wrapper (hf/classifier.py's MeanPoolClassifier: an AutoModel as `.encoder` plus a mean-pooled `classifier`)
 names the submodule its adapters belong to in the class attribute `lorakit_base_path`. Its in-memory keys carry
 that prefix (`encoder.encoder.layer.0...`); written as they are, PEFT and transformers.load_adapter accept the
 file on an AutoModel and load NOTHING (no module `encoder.encoder` there). So a save writes:

@@ -6,8 +6,6 @@ its `delta_weight` in the base weight's layout, and its forward.
 
 from __future__ import annotations
 
-import importlib
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -16,11 +14,10 @@ import torch
 from torch import nn
 
 from lorakit.errors import AdapterError, MergeError
+from lorakit.layers.lowrank import lora_scaling
+from lorakit.variants.registry import get_variant
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-# AdapterSpec flag -> "module:function" building the variant module for one adapter of a layer (imported lazily,
-# so the variant's code stays in its own file). The function gets (layer, spec) and may raise ConfigError.
-VARIANT_FACTORIES: dict[str, str] = {"use_dora": "lorakit.layers.dora:make_dora"}
 
 
 @dataclass(frozen=True)
@@ -33,13 +30,11 @@ class AdapterSpec:
     use_rslora: bool = False
     init_lora_weights: bool | str = True
     lora_bias: bool = False
-    use_dora: bool = False  # DoRA: a variant module (layers/dora.py) computes this adapter's update
+    variant: str | None = None  # a registered variant whose module computes this adapter's update (None: plain)
 
     @property
     def scaling(self) -> float:
-        if self.r == 0:  # an AdaLoRA layer pruned to rank 0 (LoraConfig refuses r=0): it adds nothing
-            return 0.0
-        return self.lora_alpha / math.sqrt(self.r) if self.use_rslora else self.lora_alpha / self.r
+        return lora_scaling(self.lora_alpha, self.r, self.use_rslora)  # the one rule (layers/lowrank.py)
 
 
 class LoraLayer(nn.Module):
@@ -52,7 +47,7 @@ class LoraLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.lora_dropout = nn.ModuleDict()
-        # variant modules (e.g. DoRA) that replace the plain update for one adapter; see layers/dora.py
+        # variant modules that replace the plain update for one adapter (lorakit.variants.registry: make_layer)
         self.lora_variant = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
@@ -86,7 +81,7 @@ class LoraLayer(nn.Module):
         """y + the update of plain-LoRA adapter `name` for input x (each layer type's own products)."""
         raise NotImplementedError
 
-    # -- forward: the base output, then each live adapter's update (a variant such as DoRA does its own) ------
+    # -- forward: the base output, then each live adapter's update (a variant module does its own) ------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
@@ -156,7 +151,7 @@ class LoraLayer(nn.Module):
             self.reset_weights(name, spec.init_lora_weights)
         if variant is not None:
             self.lora_variant[name] = variant
-            variant.attach(self, name)  # its own tensors (e.g. DoRA's magnitude), from the initialized weights
+            variant.attach(self, name)  # its own tensors (e.g. a magnitude vector), from the initialized weights
         self.train(self.base_layer.training)  # new modules (dropout) follow the model's train / eval mode
 
     def delete_adapter(self, name: str) -> None:
@@ -269,12 +264,10 @@ class LoraLayer(nn.Module):
 
 
 def make_variant(layer: LoraLayer, spec: AdapterSpec) -> nn.Module | None:
-    """The variant module a spec asks for (see VARIANT_FACTORIES), or None for plain LoRA."""
-    target = next((VARIANT_FACTORIES[flag] for flag in VARIANT_FACTORIES if getattr(spec, flag)), None)
-    if target is None:
+    """The variant module a spec asks for (its registry entry's make_layer), or None for plain LoRA."""
+    if spec.variant is None:
         return None
-    module_name, _, function = target.partition(":")
-    return getattr(importlib.import_module(module_name), function)(layer, spec)
+    return get_variant(spec.variant).make_layer(layer, spec)
 
 
 def adapter_compute_input(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, MergeError
 from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
+from lorakit.layers.lowrank import scaled_product
 
 
 class LoraConv(LoraLayer):
@@ -65,8 +66,8 @@ class LoraConv(LoraLayer):
         self._check_mergeable(name)
         a, b = self.lora_weights(name)  # a: (r, in, *k), b: (out, r, 1...)
         b2 = b.reshape(b.shape[0], b.shape[1])  # (out, r)
-        delta = (b2 @ a.reshape(a.shape[0], -1)).reshape(b.shape[0], *a.shape[1:])  # (out, in, *k)
-        return delta * self.scaling[name]
+        delta = scaled_product(a.reshape(a.shape[0], -1), b2, self.scaling[name])  # (out, in * k...)
+        return delta.reshape(b.shape[0], *a.shape[1:])  # (out, in, *k)
 
     def _check_mergeable(self, name: str) -> None:
         if self.base_layer.groups > 1:

@@ -8,6 +8,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.layers.base import AdapterSpec, LoraLayer
+from lorakit.layers.lowrank import scaled_product
 
 # PEFT's names, so the state-dict keys match its files: lora_embedding_A is (r, num_embeddings),
 # lora_embedding_B is (dim, r).
@@ -48,7 +49,7 @@ class LoraEmbedding(LoraLayer):
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a, b = self.lora_weights(name)
-        return (b @ a).T * self.scaling[name]  # (num_embeddings, dim)
+        return scaled_product(a, b, self.scaling[name]).T  # (num_embeddings, dim)
 
     def _lookup(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         base = self.base_layer

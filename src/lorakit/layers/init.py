@@ -1,6 +1,6 @@
 """Initial values of A and B from the base weight (PiSSA, OLoRA): pure functions on tensors, and the record of
 those first values that saving needs (the base then holds W - s*B0@A0, so a file exact on the original W must
-subtract s*B0@A0: io/init_export.py)."""
+subtract s*B0@A0: variants/pissa.py)."""
 
 from __future__ import annotations
 

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.kernels import enabled as kernels_enabled
+from lorakit.kernels.linear import fast_forward
 from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
-from lorakit.layers.fast_linear import fast_forward
 from lorakit.layers.init import olora_init, parse_pissa, pissa_init, remember_initial
+from lorakit.layers.lowrank import scaled_product
 
 
 class LoraLinear(LoraLayer):
@@ -59,25 +61,25 @@ class LoraLinear(LoraLayer):
         self.lora_A[name].weight.copy_(a)
         self.lora_B[name].weight.copy_(b)
         self.base_weight.copy_(residual.T if self.fan_in_fan_out else residual)
-        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # for saving (io/init_export)
+        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # for saving (variants/pissa.py)
 
     def lora_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[name].weight, self.lora_B[name].weight
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a, b = self.lora_weights(name)
-        delta = (b @ a) * self.scaling[name]  # (out, in)
+        delta = scaled_product(a, b, self.scaling[name])  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self._live and self.mixed_rows is None and not (self.disable_adapters or args or kwargs):
-            fast = fast_forward(self, x)  # the same formula with fewer passes (layers/fast_linear.py), or None
+        if self._live and kernels_enabled():  # the same formula with fewer passes (kernels/linear.py), or None
+            fast = fast_forward(self, x, *args, **kwargs)
             if fast is not None:
                 return fast
-        return super().forward(x, *args, **kwargs)
+        return super().forward(x, *args, **kwargs)  # the reference: base(x) + each live adapter's add_lora
 
     def add_lora(self, y: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-        """y + scale * B(A(dropout(x))), with the scale folded into one fused multiply-add."""
+        """y + scale * B(A(dropout(x))), rounded once into y's dtype: the scale folded into one multiply-add."""
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         h = F.linear(self.lora_dropout[name](adapter_compute_input(x, lora_a.weight)), lora_a.weight)  # (..., r)
         scale = self.scaling[name]

@@ -24,10 +24,9 @@ from lorakit.errors import AdapterError, AdapterFileError, LorakitError
 from lorakit.inject import Conv1D, base_of, factory_for, set_submodule
 from lorakit.io.checkpoint import CONFIG_NAME, read_adapter
 from lorakit.io.fingerprint import check_fingerprint
-from lorakit.io.keys import NAMED_CONTAINERS, PREFIX
 from lorakit.layers.base import LOW_PRECISION, LoraLayer
-from lorakit.layers.init import rewrites_base
-from lorakit.mixed import MixedPlan, RowWeights
+from lorakit.mixed import MixedPlan, RowWeights, row_fold
+from lorakit.variants.registry import file_roles, variants_of, with_hook
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 BASE = "base"  # the model name that means "no adapter"
@@ -103,22 +102,26 @@ class AdapterCache:
     def read(self, name: str) -> PreparedAdapter:
         start = time.perf_counter()
         path = self.path_of(name)
-        config, extra, tensors, directory = read_adapter(path)
-        source = f"adapter {name!r} ({directory})"
-        if extra.get("lorakit_fingerprint"):
-            check_fingerprint(extra["lorakit_fingerprint"], self.model, source)
-        if rewrites_base(config.init_lora_weights):  # the factors mean something only on a re-decomposed base
-            raise AdapterFileError(
-                f"{source} is a raw {config.init_lora_weights} adapter: it holds factors for a base whose weights "
-                "were replaced by a residual, so applying it to this model's weights would serve a different model; "
-                "save it again with lorakit.save_adapter (without pissa_raw=True), which writes a plain LoRA exact "
-                "on the original base")
-        grouped = _group_by_layer(tensors, source)
+        file = read_adapter(path)  # io/adapter_file.AdapterFile: config, records, tensors grouped per layer
+        config, source = file.config, f"adapter {name!r} ({file.directory})"
+        if file.records.get("lorakit_fingerprint"):
+            check_fingerprint(file.records["lorakit_fingerprint"], self.model, source)
+        refusing = with_hook(config, "serve_refusal")  # e.g. factors that mean something only on a rewritten base
+        if refusing is not None:
+            raise AdapterFileError(f"{source} is {refusing.serve_refusal(config)}")
+        unfoldable = [v.title for v in file.variants if v.make_layer and not (v.row_factor or v.plain_parts)]
+        if unfoldable:  # its per-layer computation has no fold to plain factors: serving it as LoRA would be wrong
+            raise AdapterFileError(f"{source} is a {unfoldable[0]} adapter, which has no fold to plain low-rank "
+                                   "factors; the server serves LoRA and the variants that declare one")
+        grouped, others = file.split()
+        if others:
+            raise AdapterFileError(f"{source} has tensor {next(iter(others))} (a modules_to_save copy or a trained "
+                                   "base bias), which cannot differ per request; the server serves LoRA-only adapters")
         if not grouped:  # nothing would land on the model: serving it would answer as the base under its name
             raise AdapterFileError(f"{source} holds no tensor (an empty adapter_model.safetensors); save the "
                                    "adapter again")
-        if config.peft_type == "ADALORA":  # SVD triplets: A = Λ ⊙ Q, B = P; a layer pruned to rank 0 adds nothing
-            grouped = {p: _adalora_as_lora(parts) for p, parts in grouped.items() if parts["lora_E"].numel()}
+        if with_hook(config, "plain_parts") is not None:  # a variant's own factors as plain LoRA's A and B
+            grouped = {p: parts for p, parts in file.plain_layers().items() if parts["lora_A.weight"].numel()}
         layers, nbytes = {}, 0
         for layer_path, parts in grouped.items():
             prepared = self._prepare_layer(layer_path, parts, config, source)
@@ -149,16 +152,18 @@ class AdapterCache:
         dtype = torch.float32 if weight.dtype in LOW_PRECISION else weight.dtype
         a, b = a.to(weight.device, dtype), b.to(weight.device, dtype)
         scale = config.scaling_for(path)
-        magnitude = parts.get("lora_magnitude_vector")
-        if (magnitude is not None) != bool(config.use_dora):
-            raise AdapterFileError(f"{source}: layer {path}: use_dora={config.use_dora} but the magnitude vector is "
-                                   f"{'present' if magnitude is not None else 'missing'}")
-        factor = None
-        if magnitude is not None:  # DoRA: g = m / ||W + s B A||, per output row, computed once here
-            norm = (matrix.to(dtype) + scale * (b @ a)).norm(dim=1)
-            factor = magnitude.reshape(-1).to(weight.device, dtype) / norm
+        factor, scales_base = None, False
+        used = variants_of(config)
+        for role, variant in file_roles().items():  # a variant's own tensors exactly when its config says so
+            present = any(k == role or k.startswith(role + ".") for k in parts)
+            needed = variant in used and (variant.flag is not None or variant.row_factor is not None)
+            if present != (variant in used) and (present or needed):
+                raise AdapterFileError(f"{source}: layer {path}: {variant.flag or variant.name}={variant in used} but "
+                                       f"the {role} is {'present' if present else 'missing'}")
+            if variant.row_factor is not None and present:  # a per-row factor g, computed once here
+                factor, scales_base = variant.row_factor(parts, a, b, matrix.to(dtype), scale)
         bias = parts.get("lora_B.bias")
-        return fold(a, b, scale, factor, None if bias is None else bias.to(weight.device, dtype))
+        return fold(a, b, scale, factor, None if bias is None else bias.to(weight.device, dtype), scales_base)
 
     # -- slots (the model thread) ------------------------------------------------------------------------------------
     def install(self, prepared: PreparedAdapter, pinned: Sequence[str] = ()) -> int:
@@ -247,30 +252,14 @@ def _mixable(base: nn.Module) -> bool:
     return isinstance(base, (nn.Linear, nn.Embedding)) or (Conv1D is not None and isinstance(base, Conv1D))
 
 
-def _adalora_as_lora(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"lora_A.weight": parts["lora_A"] * parts["lora_E"], "lora_B.weight": parts["lora_B"]}
-
-
-def _group_by_layer(tensors: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
-    """File keys -> {layer path: {"lora_A.weight" | "lora_B.weight" | "lora_B.bias" | "lora_embedding_A" | ...}}."""
-    grouped: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        parts = (key[len(PREFIX):] if key.startswith(PREFIX) else key).split(".")
-        i = next((i for i, part in enumerate(parts) if part in NAMED_CONTAINERS or part == "lora_E"), None)
-        if i is None:
-            raise AdapterFileError(f"{source} has tensor {key} (a modules_to_save copy or a trained base bias), "
-                                   "which cannot differ per request; the server serves LoRA-only adapters")
-        grouped.setdefault(".".join(parts[:i]), {})[".".join(parts[i:])] = tensor
-    return grouped
-
-
 
 # -- slot buffers ----------------------------------------------------------------------------------------------------
 class LayerBank:
     """Preallocated, zero-padded slots of one Linear / Embedding layer; slot 0 is never written.
 
     linear: a (slots, rank, in); embedding: a (slots, vocab, rank) (a lookup table); b (slots, out, rank) with the
-    scale and DoRA's g folded in; gain (slots, out) = g - 1 and shift (slots, out) = s g lora_bias, once needed."""
+    scale and a variant's row factor g folded in; gain (slots, out) = g - 1 and shift (slots, out) = s g lora_bias,
+    once needed."""
 
     def __init__(self, layer: LoraLayer, slots: int, rank: int, dtype: torch.dtype, device: torch.device) -> None:
         self.embedding = isinstance(layer.base_layer, nn.Embedding)
@@ -350,9 +339,9 @@ class LayerBank:
         return RowWeights(a, b, scale, gain, shift)
 
 
-def fold(a: torch.Tensor, b: torch.Tensor, scale: float, factor: torch.Tensor | None,
-         bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(a, s g b, g - 1, s g bias): the scale and DoRA's factor g folded in, as LayerBank.put takes them."""
-    g = torch.ones(b.shape[0], dtype=b.dtype, device=b.device) if factor is None else factor
-    gain = None if factor is None else factor - 1
-    return a, b * (scale * g)[:, None], gain, None if bias is None else bias * scale * g
+def fold(a: torch.Tensor, b: torch.Tensor, scale: float, factor: torch.Tensor | None, bias: torch.Tensor | None,
+         scales_base: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(a, s g b, g - 1 or None, s g bias): the scale and a variant's row factor g folded in, as LayerBank.put takes
+    them; g - 1 (the change of the base output) only when g also scales the base output."""
+    b, gain, shift = row_fold(b, factor, scales_base, bias, scale)
+    return a, b * scale, gain, shift

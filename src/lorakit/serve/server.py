@@ -51,7 +51,7 @@ def _uvicorn():
 
 def _http_protocol():
     """uvicorn's own protocol, answering unparseable requests with a JSON 400 and a close that loses no reply."""
-    from lorakit.serve.protocol import LingeringHTTPProtocol
+    from lorakit.serve.protocol import LingeringHTTPProtocol  # imports uvicorn, an optional dependency
 
     return LingeringHTTPProtocol
 

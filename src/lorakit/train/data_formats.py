@@ -19,24 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lorakit.prompts import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, CHAT_HEADER, CHAT_ROLES
 from lorakit.train.data_files import DataError, Row, preview
-
-# The Alpaca prompt (Taori et al. 2023). The model learns to continue it with the output, then EOS.
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-# Chat without a tokenizer chat_template: each turn is "<|role|>\n" + content + "\n"; an assistant turn's
-# content and "\n" (then EOS) are trained, its "<|assistant|>\n" header is not. At inference, end the prompt
-# with "<|assistant|>\n". Example: "<|user|>\nHi\n<|assistant|>\nHello!\n</s>"
-CHAT_HEADER = "<|{role}|>\n"
-CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)

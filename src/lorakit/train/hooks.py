@@ -1,4 +1,4 @@
-"""Points where a training variant joins the trainer's loop (AdaLoRA, Delta-LoRA, ...).
+"""Points where a training variant joins the trainer's loop (variants/registry.py: TrainingHooks.hooks).
 
 The trainer calls, for every hook in its list, in this order each optimizer step:
     loss = task_loss + sum(hook.extra_loss(model, step) for hooks that return one)

@@ -1,4 +1,5 @@
-"""AdamW over the trainable parameters, in groups (LoRA+: lora_B learns faster), and warmup + decay schedules."""
+"""AdamW over the trainable parameters, in groups (a variant may give its tensors their own: LoRA+'s lora_B learns
+faster), and warmup + decay schedules."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from lorakit.train.config import TrainingConfig
+from lorakit.variants.registry import all_variants
 
-B_MARKERS = (".lora_B.", ".lora_embedding_B.")  # the "B" side of an adapter (LoRA+ gives it a higher lr)
 HEAD_MARKER = ".modules_to_save."  # fully trained copies, e.g. a new classification head
 
 
@@ -17,7 +18,7 @@ def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
     """Trainable parameters in named groups, each with its learning rate and weight decay.
 
     lora_A (and other adapter tensors): lr; lora_B: loraplus_lr_ratio * lr; modules_to_save: head_lr (or lr);
-    biases and 1-d tensors (norms, DoRA magnitudes) take no weight decay."""
+    biases and 1-d tensors (norms, a variant's vectors) take no weight decay."""
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -25,10 +26,8 @@ def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
         dotted = f".{name}"
         if HEAD_MARKER in dotted:
             kind, lr = "head", cfg.head_lr if cfg.head_lr is not None else cfg.lr
-        elif any(marker in dotted for marker in B_MARKERS):
-            kind, lr = "lora_B", cfg.lr * cfg.loraplus_lr_ratio
         else:
-            kind, lr = "lora_A", cfg.lr
+            kind, lr = _variant_group(dotted, cfg) or ("lora_A", cfg.lr)
         decay = cfg.weight_decay if param.ndim >= 2 else 0.0
         key = f"{kind}" if decay else f"{kind}_no_decay"
         group = groups.setdefault(key, {"name": key, "params": [], "param_names": [], "lr": lr,
@@ -36,6 +35,16 @@ def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
         group["params"].append(param)
         group["param_names"].append(name)
     return list(groups.values())
+
+
+def _variant_group(dotted_name: str, cfg: TrainingConfig) -> tuple[str, float] | None:
+    """(group kind, lr) a registered variant gives this parameter (e.g. LoRA+'s lora_B), or None."""
+    for variant in all_variants():
+        rule = variant.training.param_group
+        group = None if rule is None else rule(dotted_name, cfg)
+        if group is not None:
+            return group
+    return None
 
 
 def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:

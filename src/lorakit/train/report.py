@@ -9,6 +9,10 @@ from typing import Any
 
 import torch
 
+from lorakit.adapters import count_parameters
+from lorakit.train.metrics import read_metrics
+from lorakit.variants.training import report_rows
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
@@ -92,14 +96,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((f"eval {key}", _fmt(value)))
     if summary.get("best_step") is not None:
         rows.append(("best", f"{summary['metric']} {_fmt(summary['best_metric'])} at step {summary['best_step']}"))
-    if summary.get("adalora"):
-        ada = summary["adalora"]
-        ranks = sorted(ada["ranks"].values())
-        rows.append(("AdaLoRA total rank", f"{ada['total_rank']} (from {ada['initial_total_rank']}, target "
-                     f"{ada['target_total_rank']}); per layer {ranks[0]}..{ranks[-1]}"
-                     + (f", plot {ada['plot']}" if ada.get("plot") else "")))
-    if summary.get("delta_lora"):
-        rows.append(("Delta-LoRA adapter", summary["delta_lora"]["adapter_form"]))
+    rows += report_rows(summary)  # what the run's variants add (lorakit.variants.training)
     rows.append(("time", human_time(summary["time_s"])))
     memory = f"{summary['peak_rss_mb']:.0f} MiB RSS"
     if summary.get("peak_gpu_mb") is not None:
@@ -128,9 +125,6 @@ def write_summary(out_dir: Path, summary: dict[str, Any], records: list[dict[str
 
 def build_summary(trainer: Any, final_eval: dict[str, float] | None, steps_now: int) -> dict[str, Any]:
     """The numbers of a finished run (trainer: a lorakit.train.trainer.Trainer)."""
-    from lorakit.adapters import count_parameters
-    from lorakit.train.metrics import read_metrics
-
     trainable, total = count_parameters(trainer.raw)
     records = read_metrics(trainer.out / "metrics.jsonl")
     train_losses = [r["loss"] for r in records if r["kind"] == "train"]

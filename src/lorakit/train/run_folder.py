@@ -28,12 +28,14 @@ import shutil
 from pathlib import Path
 
 from lorakit.errors import LorakitError
+from lorakit.train.state import recover
+from lorakit.variants.training import run_files
 
 CONFIG_FILE = "train_config.yaml"
 STASH = ".replaced-run"
 CHECKPOINTS = "checkpoints"
 # what a run writes at the top of its folder (besides the adapter: adapter_* files, or <dir>/<adapter_name>/)
-RUN_ENTRIES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "curves.png", "adalora_ranks.png", CHECKPOINTS, "best",
+RUN_ENTRIES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "curves.png", CHECKPOINTS, "best",
                "tensorboard")
 RUN_PATTERNS = ("adapter_*", "lorakit_*")  # the adapter's files and any sidecar of lorakit's next to them
 # temporary files of a save that was killed half-way (the rename that would have ended it never came)
@@ -74,7 +76,7 @@ class RunFolder:
         """The run's top-level entries present in the folder (not the stash, not other files)."""
         if not self.out.is_dir():
             return []
-        names = set(RUN_ENTRIES) | ({self.adapter_name} if self.adapter_name != "default" else set())
+        names = set(RUN_ENTRIES) | set(run_files()) | ({self.adapter_name} if self.adapter_name != "default" else set())
         found = {p for p in self.out.iterdir() if p.name in names}
         for pattern in RUN_PATTERNS:
             found.update(self.out.glob(pattern))
@@ -139,8 +141,6 @@ class RunFolder:
 
     def clean_leftovers(self) -> None:
         """Temporary files and folders of saves that a kill interrupted (here, in best/ and in checkpoints/)."""
-        from lorakit.train.state import recover
-
         recover(self.out / "best")  # killed between the two renames of atomic_directory: the old best/ comes back
         for folder in (self.out, self.out / "best", self.out / CHECKPOINTS):
             if not folder.is_dir():

@@ -6,8 +6,8 @@ A checkpoint is a directory <output>/checkpoints/step-00000012/ holding
     optimizer.pt              optimizer.state_dict()
     trainer_state.pt          progress (step, tokens, early stopping), scheduler, per-rank RNG states, hook states
     state.json                the same progress, for people
-It is written into a temporary directory and renamed into place, so a run killed at any moment leaves either
-the previous checkpoints or the complete new one. The data position is the step count: the order of the
+It is written into a temporary directory and renamed into place (io/atomic.py), so a run killed at any moment
+leaves either the previous checkpoints or the complete new one. The data position is the step count: the order of the
 examples is a pure function of (seed, epoch), so step N always continues with the same batch.
 """
 
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +28,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.io.atomic import atomic_directory, recover_directory
+from lorakit.io.checkpoint import save_adapter
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"step-(\d{8})")
+recover = recover_directory  # the crash-safe directory writes live in io/atomic.py; the run folder calls this name
 
 
 class CheckpointError(LorakitError):
@@ -122,58 +121,11 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: P
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
 
 
-# -- atomic directories ------------------------------------------------------------------------------------------
-@contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `target` in one rename (old contents removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
-    try:
-        yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
-        old = target.parent / f".old-{target.name}-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def recover(target: Path) -> None:
-    """After a kill between the two renames of atomic_directory: put the previous version back."""
-    if target.exists():
-        return
-    for old in sorted(target.parent.glob(f".old-{target.name}-*")):
-        os.replace(old, target)
-        return
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- save / find / load ------------------------------------------------------------------------------------------
 def save_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     progress: Progress, hooks: list, rng_states: list[dict], config_yaml: str,
                     adapter_name: str, keep: int) -> Path:
     """Write checkpoint step-<progress.step> under root atomically and drop all but the `keep` newest."""
-    from lorakit.io.checkpoint import save_adapter
-
     target = Path(root) / f"step-{progress.step:08d}"
     with atomic_directory(target) as tmp:
         save_adapter(model, tmp / "adapter", adapter_name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.train.data import collate as collate_batch
 from lorakit.train.loss import cross_entropy_sum
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
@@ -34,9 +35,7 @@ class Task:
         return example
 
     def collate(self, examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
-        from lorakit.train.data import collate
-
-        return collate(examples, pad_token_id)
+        return collate_batch(examples, pad_token_id)
 
     def loss_units(self, example: Any) -> int:
         raise NotImplementedError
@@ -79,9 +78,7 @@ class Seq2Seq(Task):
         return {"input_ids": source, "attention_mask": [1] * len(source), "labels": target}
 
     def collate(self, examples: list[dict], pad_token_id: int | None) -> dict[str, torch.Tensor]:
-        from lorakit.train.data import collate
-
-        inputs = collate([{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in examples],
+        inputs = collate_batch([{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in examples],
                          pad_token_id)
         width = max(len(e["labels"]) for e in examples)
         inputs["labels"] = torch.tensor([list(e["labels"]) + [IGNORE] * (width - len(e["labels"])) for e in examples])

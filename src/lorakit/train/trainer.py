@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from lorakit.adapters import add_adapter
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.hf.models import load_model
+from lorakit.hf.tokenizer import load_tokenizer
 from lorakit.inject import describe_oversized, find_targets, oversized_ranks
 from lorakit.train import distributed as D
 from lorakit.train import report
@@ -33,12 +35,12 @@ from lorakit.train import state as S
 from lorakit.train.config import TrainConfig
 from lorakit.train.data import build_datasets
 from lorakit.train.hooks import TrainHook
-from lorakit.train.loading import load_model, load_tokenizer, prepare_lora, resolve_config
 from lorakit.train.metrics import MetricsLogger, check_sinks, read_metrics, truncate_after
 from lorakit.train.optim import build_optimizer, build_scheduler
+from lorakit.train.prepare import prepare_lora, resolve_config
 from lorakit.train.run_folder import CONFIG_FILE, OutputDirError, RunFolder, describe_os_error
 from lorakit.train.tasks import TASKS, evaluate
-from lorakit.train.variants import attach_variants, save_trained_adapter, variant_lora_config, variant_summary
+from lorakit.variants.training import attach_variants, save_trained_adapter, variant_lora_config, variant_summary
 
 
 class NonFiniteLossError(LorakitError):
@@ -105,7 +107,7 @@ class Trainer:
         if oversized:
             raise ConfigError(f"lora: {describe_oversized(oversized)}. Set lora.r <= {min(oversized[0][2:])} (or "
                               "lower lora.rank_pattern for those layers)")
-        # a copy goes into the model: AdaLoRA's hook writes its ranks there, the run's config stays as written
+        # a copy goes into the model: a variant's hook may write into it (learned ranks), the run's config stays
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the oversized-rank warning: refused above already
             self.raw = add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)

@@ -21,7 +21,7 @@ from torch import nn
 from lorakit.adapters import get_config
 from lorakit.errors import AdapterFileError, LorakitError
 from lorakit.inject import default_targets, trainable_copies
-from lorakit.io.checkpoint import CONFIG_NAME, lorakit_records, resolve_directory, write_files
+from lorakit.io.checkpoint import CONFIG_NAME, load_adapter, lorakit_records, resolve_directory, write_files
 from lorakit.io.keys import PREFIX, model_key_candidates, to_file_key
 from lorakit.variants.adalora import AdaLoraConfig, adalora_layers
 
@@ -102,8 +102,6 @@ def load_adalora(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
                  trainable: bool = False, activate: bool = True) -> nn.Module:
     """Load an AdaLoRA adapter (PEFT's or lorakit's) onto `model`; the model is untouched if anything fails.
     lorakit.load_adapter does the same for any file; this one refuses a file that is not AdaLoRA."""
-    from lorakit.io.checkpoint import load_adapter
-
     directory = resolve_directory(Path(path), adapter_name)
     try:
         peft_type = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("peft_type")

@@ -25,8 +25,8 @@ from lorakit.config import settings_from_dict
 from lorakit.errors import ConfigError, TargetError
 from lorakit.inject import lora_layers
 from lorakit.layers.base import LoraLayer
-from lorakit.layers.dora import as_matrices
 from lorakit.train.hooks import TrainHook
+from lorakit.variants.dora import as_matrices
 
 
 @dataclass

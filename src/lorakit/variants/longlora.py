@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.adapters import add_adapter
 from lorakit.config import LoraConfig, settings_from_dict
 from lorakit.errors import ConfigError, TargetError
 
@@ -214,8 +215,6 @@ def longlora_modules_to_save(model: nn.Module, config: LongLoraConfig | None = N
 def prepare_longlora(model: nn.Module, lora_config: LoraConfig, config: LongLoraConfig | None = None,
                      adapter_name: str = "default") -> nn.Module:
     """Add the LoRA adapter with embeddings and norms trainable (modules_to_save), and turn S²-Attn on."""
-    from lorakit.adapters import add_adapter
-
     config = config or LongLoraConfig()
     extra = longlora_modules_to_save(model, config)
     saved = sorted(set(lora_config.modules_to_save or []) | set(extra))

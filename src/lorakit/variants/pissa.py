@@ -14,6 +14,8 @@ The raw form (trained A, B; the init kept in the config) is written only on requ
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from lorakit.adapters import get_config
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterFileError
 from lorakit.inject import lora_layers
-from lorakit.io.checkpoint import adapter_state_dict
+from lorakit.io.checkpoint import adapter_state_dict, write_adapter_files
 from lorakit.io.export_fold import doubled_config, fold_pairs
 from lorakit.layers.init import initial_factors
 
@@ -53,3 +55,11 @@ def residual_init_export(model: nn.Module, adapter_name: str,
     export = doubled_config(config)
     fold_pairs(model, adapter_name, export, anchors, trained=1.0, anchor=-1.0, tensors=tensors)
     return export, tensors, {RECORD: record}
+
+
+def save_residual_init(model: nn.Module, path: str | os.PathLike, adapter_name: str = "default",
+                       raw: bool = False) -> Path:
+    """save_adapter for a PiSSA / OLoRA adapter: the rank-2r fold exact on the original base (or, `raw`, the
+    trained factors as they are, with the record saying so)."""
+    export, tensors, records = residual_init_export(model, adapter_name, raw=raw)
+    return write_adapter_files(model, path, adapter_name, export, tensors, records)

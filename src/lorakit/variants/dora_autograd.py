@@ -1,4 +1,4 @@
-"""DoRA's output as autograd nodes that keep one activation and few passes over memory (used by layers/dora.py).
+"""DoRA's output as autograd nodes that keep one activation and few passes over memory (used by variants/dora.py).
 
 Both write into a fresh tensor they own (the base output, or the pre-scale sum) and save the result `out`
 instead of the pre-scale sum: with out = f ⊙ (pre − b) + b,

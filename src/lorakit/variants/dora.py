@@ -22,9 +22,9 @@ from torch import nn
 from lorakit.errors import ConfigError, MergeError, TargetError
 from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
 from lorakit.layers.conv import LoraConv
-from lorakit.layers.dora_autograd import DoraLinearUpdate, scale_rows
 from lorakit.layers.embedding import LoraEmbedding
 from lorakit.layers.linear import LoraLinear
+from lorakit.variants.dora_autograd import DoraLinearUpdate, scale_rows
 
 MAGNITUDE = "lora_magnitude_vector"
 _ROW_CHUNK = 1024  # rows per chunk when squaring a 16-bit W in fp32 (bounds the temporary)
@@ -154,6 +154,10 @@ class DoraVariant(nn.Module):
         magnitude = layer.lora_magnitude_vector[name].weight
         return magnitude.reshape(-1) / self.weight_norm(layer, name)
 
+    def fold(self, layer: LoraLayer, name: str) -> tuple[torch.Tensor, bool]:
+        """For mixed-adapter batches (lorakit.mixed): the row factor m/n of the update, which also scales W·x."""
+        return self.factor(layer, name), True
+
     # merge: W <- m/n ⊙ (W + s·B@A) row-wise; unmerge divides by the same factor and subtracts the update
     def merge(self, layer: LoraLayer, name: str, safe_merge: bool) -> None:
         w, a, b = as_matrices(layer, name)
@@ -255,7 +259,7 @@ def _conv_without_bias(base: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.
     return base._conv_forward(x, base.weight.to(x.dtype), None)
 
 
-# -- factory (see VARIANT_FACTORIES in layers/base.py) ------------------------------------------------------------
+# -- factory (the registry entry's make_layer: variants/builtin.py) ---------------------------------------
 _VARIANTS = {
     LoraConv: lambda layer: DoraConv(layer.base_weight.dim() - 2),
     LoraEmbedding: lambda layer: DoraEmbedding(),

@@ -10,7 +10,7 @@ never a masked copy of x), and accumulates the adapter's input gradient into the
     dA = gh^T drop(x)
     dx = g W + drop'(gh A)  (one buffer; drop' puts the dropout's zeros and 1/(1-p) scale back)
 
-With `merged` (many tokens: see fast_linear.merge_on_the_fly) the temporary W + s B A replaces low-rank
+With `merged` (many tokens: see kernels/linear.merge_on_the_fly) the temporary W + s B A replaces low-rank
 products: y = x (W + s B A)^T + b when there is no dropout, and in the backward, where gh A = s g B A,
 dx = g (W + s/(1-p) B A) minus that product's values at the dropped entries (none without dropout).
 The temporary is rebuilt in the backward rather than kept: it is as large as W.
@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lorakit.layers.sparse_dropout import Dropped
+from lorakit.kernels.sparse_dropout import Dropped
+from lorakit.layers.lowrank import scaled_product
 
 
 class FrozenLinearLora(torch.autograd.Function):
@@ -34,7 +35,7 @@ class FrozenLinearLora(torch.autograd.Function):
         dropped = Dropped(x2, p) if p > 0.0 else None
         h = dropped.project(x2, lora_a) if dropped is not None else torch.mm(x2, lora_a.t())  # (tokens, r)
         if merged and dropped is None:
-            y = F.linear(x2, torch.addmm(weight, lora_b, lora_a, alpha=scale), bias)  # (tokens, out)
+            y = F.linear(x2, scaled_product(lora_a, lora_b, scale, base=weight), bias)  # (tokens, out)
         else:
             y = F.linear(x2, weight, bias)
             y.addmm_(h, lora_b.t(), alpha=scale)
@@ -59,7 +60,7 @@ class FrozenLinearLora(torch.autograd.Function):
         if need_x:
             if ctx.merged:
                 keep = dropped.keep_scale if dropped is not None else 1.0
-                grad_x = torch.mm(g, torch.addmm(weight, lora_b, lora_a, alpha=ctx.scale * keep))  # (tokens, in)
+                grad_x = torch.mm(g, scaled_product(lora_a, lora_b, ctx.scale * keep, base=weight))  # (tokens, in)
                 if dropped is not None:
                     dropped.remove_dropped(grad_x, gh, lora_a)
             else:

@@ -2,17 +2,23 @@
 
 For trying a config end to end in seconds (configs/alpaca-tiny.yaml) and for tests; nothing is downloaded:
 
-    python -m lorakit.train.tiny tiny-llama --arch llama      # then: lorakit train configs/alpaca-tiny.yaml
+    python -m lorakit.hf.tiny tiny-llama --arch llama         # then: lorakit train configs/alpaca-tiny.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+import transformers as tf
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from lorakit.prompts import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
 
 SPECIALS = ["[PAD]", "[UNK]", "<s>", "</s>", "[CLS]", "[SEP]"]
 BASE_TEXT = (  # common words, split in build_tokenizer
@@ -25,17 +31,11 @@ BASE_TEXT = (  # common words, split in build_tokenizer
     "sentence number list name color red green blue cat dog bird fish sun moon day night water food book"
 )
 PUNCT = list(".,!?;:'\"()-+*/=<>#")
-ARCHS = ("llama", "gpt2", "bert", "t5")
 
 
 def build_tokenizer(words: Iterable[str] = ()):
     """A lowercase word-level tokenizer (unknown words -> [UNK]) as a transformers fast tokenizer. Its vocabulary:
     common English words, lorakit's alpaca / chat templates, and the words of `words`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from lorakit.train.data_formats import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
-
     vocab: dict[str, int] = {}
     texts = [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, "<|system|> <|user|> <|assistant|>", *words]
     extra = [w.lower() for text in texts for w in re.findall(r"\w+|[^\w\s]+", text)]  # as pre_tokenizers.Whitespace
@@ -51,32 +51,33 @@ def build_tokenizer(words: Iterable[str] = ()):
     )
 
 
+# arch -> (model class, config builder(hidden size, layers, vocabulary size, special token ids))
+ARCH_BUILDERS: dict[str, tuple[type, Callable[[int, int, int, dict[str, int]], Any]]] = {
+    "llama": (tf.LlamaForCausalLM, lambda h, layers, vocab, ids: tf.LlamaConfig(
+        hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, **ids)),
+    "gpt2": (tf.GPT2LMHeadModel, lambda h, layers, vocab, ids: tf.GPT2Config(
+        n_embd=h, n_layer=layers, n_head=4, vocab_size=vocab, n_positions=256, **ids)),
+    "bert": (tf.BertModel, lambda h, layers, vocab, ids: tf.BertConfig(
+        hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4, vocab_size=vocab,
+        max_position_embeddings=256, pad_token_id=ids["pad_token_id"])),
+    "t5": (tf.T5ForConditionalGeneration, lambda h, layers, vocab, ids: tf.T5Config(
+        d_model=h, d_kv=h // 4, d_ff=2 * h, num_layers=layers, num_heads=4, vocab_size=vocab,
+        decoder_start_token_id=ids["pad_token_id"], **ids)),
+}
+ARCHS = tuple(ARCH_BUILDERS)
+
+
 def make_tiny_model(path: str | Path, arch: str = "llama", words: Iterable[str] = (), seed: int = 0,
                     hidden_size: int = 32, layers: int = 2) -> Path:
     """Write a random `arch` model (a few thousand parameters) and its tokenizer to `path`. Returns the path."""
-    import transformers as tf
-
     if arch not in ARCHS:
         raise ValueError(f"arch={arch!r}: expected one of {list(ARCHS)}")
     tokenizer = build_tokenizer(words)
-    vocab, h = len(tokenizer), hidden_size
     ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
-    if arch == "llama":
-        config = tf.LlamaConfig(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, **ids)
-        klass = tf.LlamaForCausalLM
-    elif arch == "gpt2":
-        config = tf.GPT2Config(n_embd=h, n_layer=layers, n_head=4, vocab_size=vocab, n_positions=256, **ids)
-        klass = tf.GPT2LMHeadModel
-    elif arch == "bert":
-        config = tf.BertConfig(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=layers, num_attention_heads=4,
-                               vocab_size=vocab, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
-        klass = tf.BertModel
-    else:
-        config = tf.T5Config(d_model=h, d_kv=h // 4, d_ff=2 * h, num_layers=layers, num_heads=4, vocab_size=vocab,
-                             decoder_start_token_id=tokenizer.pad_token_id, **ids)
-        klass = tf.T5ForConditionalGeneration
+    klass, build_config = ARCH_BUILDERS[arch]
+    config = build_config(hidden_size, layers, len(tokenizer), ids)
     torch.manual_seed(seed)
     model = klass(config)
     path = Path(path)

@@ -10,11 +10,11 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.layers.base import AdapterSpec
 from lorakit.layers.conv import LoraConv
-from lorakit.layers.dora import as_matrices, lowrank_norm, row_sq_norms
 from lorakit.layers.embedding import LoraEmbedding
 from lorakit.layers.linear import LoraLinear
+from lorakit.variants.dora import as_matrices, lowrank_norm, row_sq_norms
 
-SPEC = AdapterSpec(r=3, lora_alpha=6, init_lora_weights=False, use_dora=True)
+SPEC = AdapterSpec(r=3, lora_alpha=6, init_lora_weights=False, variant="dora")
 
 
 def scramble_magnitude(layer, name="a"):
@@ -152,7 +152,7 @@ def test_bf16_base_runs_the_update_in_fp32() -> None:
 
 
 def test_dropout_in_training_recomputes_base_on_dropped_input() -> None:
-    layer = make("linear", AdapterSpec(r=3, lora_alpha=6, lora_dropout=0.5, init_lora_weights=False, use_dora=True))
+    layer = make("linear", AdapterSpec(r=3, lora_alpha=6, lora_dropout=0.5, init_lora_weights=False, variant="dora"))
     x = inputs("linear")
     torch.manual_seed(5)
     out = layer.train()(x)
@@ -178,7 +178,7 @@ def test_second_adapter_sees_base_output_only() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_fresh_adapter_is_a_no_op(kind) -> None:
     layer = wrapped(kind)
-    layer.add_adapter("a", AdapterSpec(r=3, lora_alpha=6, use_dora=True))  # B = 0 (A = 0 for embeddings)
+    layer.add_adapter("a", AdapterSpec(r=3, lora_alpha=6, variant="dora"))  # B = 0 (A = 0 for embeddings)
     layer.set_active(["a"])
     x = inputs(kind)
     torch.testing.assert_close(layer(x), layer.base_layer(x))
@@ -234,7 +234,7 @@ def test_adapter_added_and_run_under_inference_mode() -> None:
     base = nn.Linear(6, 5)
     with torch.inference_mode():
         layer = LoraLinear(base).eval()
-        layer.add_adapter("a", AdapterSpec(r=2, lora_alpha=4, init_lora_weights=False, use_dora=True))
+        layer.add_adapter("a", AdapterSpec(r=2, lora_alpha=4, init_lora_weights=False, variant="dora"))
         layer.set_active(["a"])
         scramble_magnitude(layer)
         x = torch.randn(3, 6)
@@ -258,10 +258,10 @@ def test_conv_magnitude_has_peft_shape() -> None:
 
 def test_lora_bias_and_grouped_conv_are_refused() -> None:
     with pytest.raises(ConfigError, match="lora_bias"):
-        LoraLinear(nn.Linear(4, 4)).add_adapter("a", AdapterSpec(r=2, lora_alpha=2, lora_bias=True, use_dora=True))
+        LoraLinear(nn.Linear(4, 4)).add_adapter("a", AdapterSpec(r=2, lora_alpha=2, lora_bias=True, variant="dora"))
     layer = LoraConv(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ConfigError, match="groups=2"):
-        layer.add_adapter("a", AdapterSpec(r=2, lora_alpha=2, use_dora=True))
+        layer.add_adapter("a", AdapterSpec(r=2, lora_alpha=2, variant="dora"))
     assert layer.adapter_names == []  # refused before the layer was touched
 
 
@@ -273,7 +273,7 @@ def test_a_few_adamw_steps_lower_the_loss() -> None:
     net[0] = LoraLinear(net[0])
     net[2] = LoraLinear(net[2])
     for layer in (net[0], net[2]):
-        layer.add_adapter("a", AdapterSpec(r=4, lora_alpha=8, use_dora=True))
+        layer.add_adapter("a", AdapterSpec(r=4, lora_alpha=8, variant="dora"))
         layer.set_active(["a"])
     params = [p for p in net.parameters() if p.requires_grad]
     assert any(p.shape == (32,) for p in params)  # the magnitude trains

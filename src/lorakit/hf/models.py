@@ -1,0 +1,57 @@
+"""The base model for a task, loaded from a local directory: Auto class, dtype, labels, device, quantization,
+activation checkpointing. The task classes here are what a model family needs for `lorakit train`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.hf.checkpointing import enable_checkpointing
+from lorakit.hf.classifier import MeanPoolClassifier
+from lorakit.hf.config import ModelConfig
+from lorakit.hf.quantized import quantize
+
+AUTO_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "seq-cls": "AutoModelForSequenceClassification",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
+
+
+def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pad_token_id: int | None = None,
+               device: torch.device | None = None) -> nn.Module:
+    """The base model for cfg.task (classification heads sized for `labels`), on `device`, optionally quantized."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    kwargs: dict = {"dtype": dtype}
+    if cfg.task == "seq-cls":
+        if not labels:
+            raise ConfigError("model.task='seq-cls' needs class labels; use a classification dataset")
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    try:
+        if cfg.pooling == "mean":
+            encoder = transformers.AutoModel.from_pretrained(str(path), dtype=dtype)
+            model = MeanPoolClassifier(encoder, len(labels)).to(encoder.dtype)
+        else:
+            auto = getattr(transformers, AUTO_CLASSES[cfg.task])
+            model = auto.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"could not load {str(path)!r} as a {cfg.task} model ({type(exc).__name__}: {exc}); check model.path "
+            f"and model.task (one of {list(AUTO_CLASSES)})"
+        ) from None
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id  # sequence classification of causal LMs finds the last token
+    if device is not None:
+        model.to(device)
+    if cfg.quantization is not None:
+        model = quantize(model, cfg)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    return model

@@ -1,0 +1,21 @@
+"""The tokenizer of a local model directory, with a pad token."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from lorakit.errors import ConfigError
+
+
+def load_tokenizer(path: Path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load a tokenizer from {path} ({exc})") from None
+    if tokenizer.pad_token is None:  # causal LMs often have none; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer

@@ -1,0 +1,49 @@
+"""A training config made concrete before a run: resolved paths and the LoRA settings a task implies."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from lorakit.config import LoraConfig
+from lorakit.demo.settings import demo_data_files
+from lorakit.errors import ConfigError
+from lorakit.hf.classifier import head_modules
+from lorakit.hf.config import TASK_TYPES
+from lorakit.hf.paths import resolve_model_path
+from lorakit.train.config import TrainConfig
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """A copy with every default made concrete: model.path, data files as absolute paths (so the copy written
+    next to the adapter rebuilds the same run from any directory). data.train_file=null means the embedded demo
+    dataset (its test split as validation), which goes with the embedded model (model.path=null)."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.train_file is None:
+        if cfg.model.path is not None:
+            raise ConfigError("data.train_file is not set; name a JSON / JSONL / CSV / Parquet file "
+                              "(null means lorakit's embedded demo dataset, used with model.path=null)")
+        cfg.data.train_file, test = demo_data_files()
+        if cfg.data.validation_file is None and not cfg.data.validation_split:
+            cfg.data.validation_file = test
+    cfg.model.path = str(resolve_model_path(cfg.model.path).resolve())
+    for name in ("train_file", "validation_file"):
+        value = getattr(cfg.data, name)
+        if value is not None:
+            setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
+    return cfg
+
+
+def prepare_lora(cfg: TrainConfig, model: nn.Module) -> LoraConfig:
+    """The LoRA config with the task's defaults filled in: task_type, the classification head trained in full."""
+    lora = dataclasses.replace(cfg.lora)
+    if lora.task_type is None:
+        lora.task_type = TASK_TYPES[cfg.model.task]
+    if cfg.model.task == "seq-cls" and lora.modules_to_save is None:
+        lora.modules_to_save = head_modules(model) or None
+    if lora.base_model_name_or_path is None:
+        lora.base_model_name_or_path = cfg.model.path
+    return lora
