@@ -61,7 +61,7 @@ class LoraLinear(LoraLayer):
         self.lora_A[name].weight.copy_(a)
         self.lora_B[name].weight.copy_(b)
         self.base_weight.copy_(residual.T if self.fan_in_fan_out else residual)
-        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # for saving (variants/pissa.py)
+        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # variants/pissa.py
 
     def lora_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[name].weight, self.lora_B[name].weight
