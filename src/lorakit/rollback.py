@@ -1,8 +1,9 @@
 """Undo a failed load: after `restore_on_error` re-raises, the model is as it was before the load began.
 
 Adding an adapter changes more than the wrapped layers: it freezes parameters (the first adapter) or makes
-biases trainable (bias="all"), switches the active adapters, and PiSSA / OLoRA rewrite the base weights
-(the adapter takes the principal part of W). Each of these is recorded first and put back on failure.
+biases trainable (bias="all"), switches the active adapters, and an init from the base weight (a variant's
+`decompose`) rewrites the base weights (the adapter takes the principal part of W). Each of these is recorded
+first and put back on failure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lorakit.adapter_state import ACTIVE_ATTR, REGISTRY_ATTR, active_adapters, a
 from lorakit.config import LoraConfig
 from lorakit.errors import LorakitError
 from lorakit.inject import base_of, find_targets, lora_layers, trainable_copies
-from lorakit.layers.init import parse_pissa
+from lorakit.variants.registry import for_init
 
 
 @contextmanager
@@ -52,9 +53,9 @@ def restore_on_error(model: nn.Module, adapter_name: str, config: LoraConfig) ->
 
 
 def _base_weights_changed_by_init(model: nn.Module, config: LoraConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Copies of the base weights that PiSSA / OLoRA initialisation overwrites (only for those inits)."""
-    init = config.init_lora_weights
-    if not (parse_pissa(init)[0] or init == "olora"):
+    """Copies of the base weights an init from the base weight overwrites (a variant's `decompose`; only then)."""
+    owner = for_init(config.init_lora_weights)
+    if owner is None or owner.decompose is None:
         return []
     try:
         paths = find_targets(model, config)

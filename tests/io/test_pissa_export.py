@@ -98,7 +98,7 @@ def test_the_server_cache_serves_the_trained_model(tmp_path) -> None:
 
 
 def test_initial_factors_stay_out_of_the_file_and_the_optimizer(tmp_path) -> None:
-    from lorakit.layers.init import initial_factors
+    from lorakit.layers.base import initial_factors
 
     model = trained("pissa")
     layer = model.model.layers[0].self_attn.q_proj

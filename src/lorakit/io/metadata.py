@@ -9,7 +9,7 @@ records live there, as strings (dicts and lists JSON-encoded):
                            canonical JSON) followed by the tensor bytes. A checksum cannot cover itself, and the
                            metadata holds nothing the tensors' meaning depends on
   lorakit_config_sha256    sha256 of the adapter_config.json bytes written by the same save
-  a variant's records      lorakit_<record>, e.g. lorakit_residual_init (PiSSA / OLoRA)
+  a variant's records      lorakit_<record>, each variant's own (variants/)
 
 Two checksums, two jobs. The weights checksum refuses an edited or truncated weights file on its own. The config
 checksum ties the two files of one save together: a save renames the weights in first and the config last

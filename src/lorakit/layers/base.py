@@ -37,6 +37,20 @@ class AdapterSpec:
         return lora_scaling(self.lora_alpha, self.r, self.use_rslora)  # the one rule (layers/lowrank.py)
 
 
+
+INITIAL_ATTR = "lora_initial"  # {adapter name: (A0, B0)}: a plain attribute, outside state_dict and parameters()
+
+
+def remember_initial(layer: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Keep copies of adapter `name`'s first (A0, B0) on the layer (an init that rewrote the base needs them to save
+    a file exact on the original base): not saved, not trained, not in state_dict."""
+    layer.__dict__.setdefault(INITIAL_ATTR, {})[name] = (a.detach().clone(), b.detach().clone())
+
+
+def initial_factors(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (A0, B0) remember_initial kept for adapter `name`, or None."""
+    return layer.__dict__.get(INITIAL_ATTR, {}).get(name)
+
 class LoraLayer(nn.Module):
     """A base layer plus named adapters. Per-adapter tensors live in dicts keyed by adapter name."""
 

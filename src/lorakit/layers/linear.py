@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +12,9 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.kernels import enabled as kernels_enabled
 from lorakit.kernels.linear import fast_forward
-from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input
-from lorakit.layers.init import olora_init, parse_pissa, pissa_init, remember_initial
+from lorakit.layers.base import AdapterSpec, LoraLayer, adapter_compute_input, remember_initial
 from lorakit.layers.lowrank import scaled_product
+from lorakit.variants.registry import for_init
 
 
 class LoraLinear(LoraLayer):
@@ -34,7 +35,7 @@ class LoraLinear(LoraLayer):
     def reset_weights(self, name: str, init: bool | str) -> None:
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         with torch.no_grad():
-            is_pissa, niter = parse_pissa(init)
+            decomposing = for_init(init)
             if init is False:
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
                 nn.init.kaiming_uniform_(b, a=math.sqrt(5))
@@ -44,24 +45,25 @@ class LoraLinear(LoraLayer):
             elif init == "gaussian":
                 nn.init.normal_(a, std=1 / self.r[name])
                 nn.init.zeros_(b)
-            elif is_pissa or init == "olora":
-                self._init_from_base(name, init, niter)
+            elif decomposing is not None and decomposing.decompose is not None:
+                self._init_from_base(name, init, decomposing.decompose)
             else:  # pragma: no cover - LoraConfig validates init
                 raise ConfigError(f"init_lora_weights={init!r} is not supported on Linear layers")
             if self.lora_bias[name]:
                 nn.init.zeros_(self.lora_B[name].bias)
 
-    def _init_from_base(self, name: str, init: str, niter: int | None) -> None:
-        """PiSSA / OLoRA: adapter = top of W's decomposition, base weight keeps the residual."""
+    def _init_from_base(self, name: str, init: str, decompose: Callable[..., tuple]) -> None:
+        """An init that starts from the base weight (a variant's `decompose`): adapter = its factors, base weight
+        keeps the residual."""
         if not self.base_weight.dtype.is_floating_point:
             raise ConfigError(f"init_lora_weights={init!r} needs a floating-point base weight (quantized base?)")
         weight = self.base_weight.T if self.fan_in_fan_out else self.base_weight
         r, scaling = self.r[name], self.scaling[name]
-        a, b, residual = olora_init(weight, r, scaling) if init == "olora" else pissa_init(weight, r, scaling, niter)
+        a, b, residual = decompose(weight, r, scaling, init)
         self.lora_A[name].weight.copy_(a)
         self.lora_B[name].weight.copy_(b)
         self.base_weight.copy_(residual.T if self.fan_in_fan_out else residual)
-        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # variants/pissa.py
+        remember_initial(self, name, self.lora_A[name].weight, self.lora_B[name].weight)  # for saving
 
     def lora_weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[name].weight, self.lora_B[name].weight

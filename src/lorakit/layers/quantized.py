@@ -7,7 +7,7 @@ over the full-precision layer, so adapter files move freely between the two base
 is everything that touches W:
 - reading: `base_weight` (= `dequantized_weight()`) is W as the base computes with it, (out, in) float32, a
   fresh tensor each call. So code written for a float base (a variant's weight norms, merge checks) works unchanged.
-- writing: merge, unmerge and PiSSA/OLoRA init run on a temporary dense copy of the base (`_dense_base`), then
+- writing: merge, unmerge and inits from the base weight run on a temporary dense copy of the base (`_dense_base`), then
   requantize it into the base layer with its own settings: lossy, as any requantization is
   (lorakit.merge_report measures by how much). Variant modules merge through the same path.
 
@@ -18,7 +18,7 @@ soon as bitsandbytes is loaded, and calls prepare_model).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -106,10 +106,10 @@ class LoraQuantLinear(LoraLinear):
         with self._dense_base():
             super().unmerge(keep)
 
-    def _init_from_base(self, name: str, init: str, niter: int | None) -> None:
-        """PiSSA / OLoRA: decompose the dequantized W; the residual is requantized into the base."""
+    def _init_from_base(self, name: str, init: str, decompose: Callable[..., tuple]) -> None:
+        """An init from the base weight: decompose the dequantized W; the residual is requantized into the base."""
         with self._dense_base():
-            super()._init_from_base(name, init, niter)
+            super()._init_from_base(name, init, decompose)
 
 
 def register() -> None:

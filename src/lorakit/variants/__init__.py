@@ -4,7 +4,7 @@
     adalora.py, adalora_layer.py, adalora_io.py   AdaLoRA, `AdaLoraConfig` (peft_type "ADALORA")
     delta_lora.py, delta_lora_export.py           Delta-LoRA, the `delta_lora` training section
     longlora.py                                   LongLoRA, the `longlora` training section
-    pissa.py                                      PiSSA / OLoRA: the rank-2r export (initial values: layers/init.py)
+    pissa.py                                      PiSSA / OLoRA: the rank-2r export (initial values: pissa_init.py)
     loraplus.py                                   LoRA+, `training.loraplus_lr_ratio`
     builtin.py                                    registers the above (`import lorakit` imports it)
     training.py                                   what the registered variants change in `lorakit train`

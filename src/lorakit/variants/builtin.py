@@ -14,7 +14,6 @@ from torch import nn
 
 from lorakit.adapters import adapter_configs
 from lorakit.errors import ConfigError
-from lorakit.layers.init import rewrites_base
 from lorakit.variants.adalora import AdaLoraConfig, AdaLoraHook, plot_ranks, rank_per_layer
 from lorakit.variants.adalora_io import copy_adalora_tensors, read_adalora_config, save_adalora
 from lorakit.variants.delta_lora import DeltaLoraConfig, DeltaLoraHook
@@ -23,6 +22,7 @@ from lorakit.variants.dora import make_dora
 from lorakit.variants.longlora import LongLoraConfig, enable_s2_attn, longlora_modules_to_save
 from lorakit.variants.loraplus import loraplus_group
 from lorakit.variants.pissa import save_residual_init
+from lorakit.variants.pissa_init import decompose, rewrites_base
 from lorakit.variants.registry import TrainingHooks, Variant, register_variant, variants_of
 
 
@@ -177,7 +177,8 @@ def _residual_refusal(config: Any) -> str:
             "lorakit.save_adapter (without pissa_raw=True), which writes a plain LoRA exact on the original base")
 
 
-PISSA = Variant(name="pissa", title="PiSSA / OLoRA", owns_init=rewrites_base, save=save_residual_init,
+PISSA = Variant(name="pissa", title="PiSSA / OLoRA", owns_init=rewrites_base, decompose=decompose,
+                save=save_residual_init,
                 serve_refusal=_residual_refusal)
 
 

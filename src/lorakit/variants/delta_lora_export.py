@@ -5,7 +5,7 @@ so the trained model is
 
     W_0 + s·[(1 + λ)·B_T·A_T − λ·B_K·A_K]  =  W_0 + s'·B'·A'   with   A' = [A_T; A_K],  B' = (s/s')·[(1+λ)·B_T, −λ·B_K]
 
-a rank-2r update of the untouched base (io/export_fold.py, shared with PiSSA / OLoRA; s' = s by the doubled
+a rank-2r update of the untouched base (variants/export_fold.py, shared with PiSSA / OLoRA; s' = s by the doubled
 config's lora_alpha). Saving that instead of (A_T, B_T) means the adapter file alone reproduces the run:
 `load_adapter` on a fresh base, `lorakit merge`, PEFT and the server all see the Delta-LoRA model, and nothing
 depends on W_T, which no file holds.
@@ -20,8 +20,8 @@ from torch import nn
 
 from lorakit.adapters import get_config
 from lorakit.io.checkpoint import adapter_state_dict, unwrap_model, write_adapter_files
-from lorakit.io.export_fold import doubled_config, fold_pairs
 from lorakit.variants.delta_lora import DeltaLoraHook
+from lorakit.variants.export_fold import doubled_config, fold_pairs
 
 
 def delta_lora_export(model: nn.Module, hook: DeltaLoraHook):

@@ -1,11 +1,11 @@
 """PiSSA / OLoRA adapters saved as plain LoRA of twice the rank, exact on the ORIGINAL base weights.
 
 PiSSA and OLoRA start the adapter at the top of W's decomposition and move the base to the residual:
-W_res = W - s·B0·A0 (layers/init.py, which keeps A0, B0 on the layer). After training the model is
+W_res = W - s·B0·A0 (pissa_init.py; layers/base.remember_initial keeps A0, B0 on the layer). After training the model is
 
     W_res + s·B·A  =  W + s·(B·A - B0·A0)  =  W + s'·B'·A'   with   A' = [A; A0],  B' = (s/s')·[B, -B0]
 
-(io/export_fold.py, PEFT's `path_initial_model_for_weight_conversion`). A file with the trained (A, B) alone only
+(variants/export_fold.py, PEFT's `path_initial_model_for_weight_conversion`). A file with the trained (A, B) alone only
 means that model on a base decomposed again at load time, which servers and merge tools that apply W + s·B·A do
 not do, and which a randomized SVD (pissa_niter_<k>) does not reproduce. So the file says init_lora_weights=True,
 r = 2r, lora_alpha scaled to keep s, and holds (A', B'): any loader, on the original base, gives the trained model.
@@ -26,8 +26,8 @@ from lorakit.config import LoraConfig
 from lorakit.errors import AdapterFileError
 from lorakit.inject import lora_layers
 from lorakit.io.checkpoint import adapter_state_dict, write_adapter_files
-from lorakit.io.export_fold import doubled_config, fold_pairs
-from lorakit.layers.init import initial_factors
+from lorakit.layers.base import initial_factors
+from lorakit.variants.export_fold import doubled_config, fold_pairs
 
 RECORD = "lorakit_residual_init"  # {"init_lora_weights", "form": "plain" | "raw", "trained_r"} in the metadata
 

@@ -10,6 +10,8 @@ difference from plain LoRA" for that concern. What selects a variant for an adap
 
 What each concern asks (the callers in brackets):
 
+    decompose(W, r, s, init)             (A, B, residual) for an init it owns that starts from the base weight:
+                                         the layer writes A, B and puts the residual in the base          [layers]
     make_layer(layer, spec)              the per-adapter module a LoraLayer runs in its forward / merge  [layers]
     file_roles                           tensor roles it adds to a file (e.g. "lora_magnitude_vector")   [io]
     read_config(raw, adapter_name)       (config, lorakit_* extras) from adapter_config.json values      [io]
@@ -76,6 +78,7 @@ class Variant:
     peft_type: str | None = None
     flag: str | None = None
     owns_init: Callable[[Any], bool] | None = None
+    decompose: Callable[..., tuple] | None = None
     config_class: type | None = None
     section: str | None = None
     section_class: type | None = None
@@ -151,6 +154,11 @@ def layer_variant_name(config: Any) -> str | None:
 def for_peft_type(peft_type: Any) -> Variant | None:
     """The variant that owns a file's peft_type (None for "LORA" or an unknown one)."""
     return next((v for v in _REGISTRY.values() if v.peft_type is not None and v.peft_type == peft_type), None)
+
+
+def for_init(init: Any) -> Variant | None:
+    """The variant that owns an init_lora_weights value (None for True / False / "gaussian")."""
+    return next((v for v in _REGISTRY.values() if v.owns_init is not None and v.owns_init(init)), None)
 
 
 def for_section(section: str) -> Variant | None:

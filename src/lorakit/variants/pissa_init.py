@@ -1,15 +1,13 @@
-"""Initial values of A and B from the base weight (PiSSA, OLoRA): pure functions on tensors, and the record of
-those first values that saving needs (the base then holds W - s*B0@A0, so a file exact on the original W must
-subtract s*B0@A0: variants/pissa.py)."""
+"""PiSSA / OLoRA initial values of A and B from the base weight: pure functions on tensors.
+
+The layers ask the registry (`Variant.decompose`, registered in variants/builtin.py) and never name these inits;
+the base then holds W - s*B0@A0, so a file exact on the original W subtracts s*B0@A0 (variants/pissa.py)."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lorakit.errors import ConfigError
-
-INITIAL_ATTR = "lora_initial"  # {adapter name: (A0, B0)}: a plain attribute, outside state_dict and parameters()
 
 
 def pissa_init(weight: torch.Tensor, r: int, scaling: float, niter: int | None = None):
@@ -60,11 +58,8 @@ def rewrites_base(init: bool | str) -> bool:
     return parse_pissa(init)[0] or init == "olora"
 
 
-def remember_initial(layer: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
-    """Keep copies of adapter `name`'s first (A0, B0) on the layer: not saved, not trained, not in state_dict."""
-    layer.__dict__.setdefault(INITIAL_ATTR, {})[name] = (a.detach().clone(), b.detach().clone())
-
-
-def initial_factors(layer: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (A0, B0) remember_initial kept for adapter `name`, or None."""
-    return layer.__dict__.get(INITIAL_ATTR, {}).get(name)
+def decompose(weight: torch.Tensor, r: int, scaling: float, init: str):
+    """(A, B, residual) for init "olora", "pissa" or "pissa_niter_<k>" (Variant.decompose)."""
+    if init == "olora":
+        return olora_init(weight, r, scaling)
+    return pissa_init(weight, r, scaling, parse_pissa(init)[1])
