@@ -31,16 +31,17 @@ class ModelConfig:
     pooling: str = "auto"
 
     def __post_init__(self) -> None:
-        _choice("model.task", self.task, TASKS)
-        _choice("model.dtype", self.dtype, DTYPES)
-        _choice("model.compute_dtype", self.compute_dtype, DTYPES[:3])
+        check_choice("model.task", self.task, TASKS)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.compute_dtype", self.compute_dtype, DTYPES[:3])
         if self.quantization is not None:
-            _choice("model.quantization", self.quantization, QUANTIZATION, extra="or null")
-        _choice("model.pooling", self.pooling, POOLING)
+            check_choice("model.quantization", self.quantization, QUANTIZATION, extra="or null")
+        check_choice("model.pooling", self.pooling, POOLING)
         if self.pooling == "mean" and self.task != "seq-cls":
             raise ConfigError(f"model.pooling='mean' applies to task 'seq-cls' only; model.task is {self.task!r}")
 
 
-def _choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") -> None:
+def check_choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") -> None:
+    """A config value must be one of `options` (the error lists them)."""
     if value not in options:
         raise ConfigError(f"{name}={value!r}: expected one of {list(options)}{' ' + extra if extra else ''}")

@@ -20,7 +20,7 @@ import yaml
 
 from lorakit.config import BOOL_WORDS, LoraConfig, coerce
 from lorakit.errors import ConfigError
-from lorakit.hf.config import ModelConfig  # the `model:` section; lives with the loading code
+from lorakit.hf.config import ModelConfig, check_choice  # the `model:` section; lives with the loading code
 from lorakit.train.data import DataConfig
 from lorakit.variants.registry import for_section, training_sections
 from lorakit.variants.training import adapter_config_from_dict
@@ -84,10 +84,10 @@ class TrainingConfig:
                 f"training: warmup_steps={self.warmup_steps}, warmup_ratio={self.warmup_ratio}, min_lr_ratio="
                 f"{self.min_lr_ratio}: expected warmup_steps >= 0, warmup_ratio in [0, 1), min_lr_ratio in [0, 1]"
             )
-        _choice("training.scheduler", self.scheduler, SCHEDULES)
-        _choice("training.mixed_precision", self.mixed_precision, PRECISIONS)
-        _choice("training.distributed", self.distributed, DISTRIBUTED)
-        _choice("training.metric", self.metric, ("auto", "loss", "accuracy", "f1"))
+        check_choice("training.scheduler", self.scheduler, SCHEDULES)
+        check_choice("training.mixed_precision", self.mixed_precision, PRECISIONS)
+        check_choice("training.distributed", self.distributed, DISTRIBUTED)
+        check_choice("training.metric", self.metric, ("auto", "loss", "accuracy", "f1"))
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"training.device={self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -252,11 +252,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for override in overrides:
         apply_override(values, override)
     return TrainConfig.from_dict(values)
-
-
-def _choice(name: str, value: Any, options: tuple[str, ...], extra: str = "") -> None:
-    if value not in options:
-        raise ConfigError(f"{name}={value!r}: expected one of {list(options)}{' ' + extra if extra else ''}")
 
 
 def _positive(name: str, value: Any) -> None:
