@@ -110,7 +110,6 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 
 def test_dora_on_a_quantized_base_follows_its_formula_and_trains() -> None:
-    pytest.importorskip("lorakit.variants.dora")
     model = lorakit.add_adapter(quantized_llama(), lora(use_dora=True)).train()
     layer = model.model.layers[0].mlp.down_proj
     x = torch.randn(4, 128)
@@ -158,7 +157,6 @@ def test_layers_with_nothing_to_merge_keep_their_packed_bytes() -> None:
 
 
 def test_dora_merge_is_the_requantized_dora_weight() -> None:
-    pytest.importorskip("lorakit.variants.dora")
     model = lorakit.add_adapter(quantized_llama(), lora(use_dora=True))
     layer = model.model.layers[0].mlp.down_proj
     w = layer.base_weight + layer.delta_weight("default")
@@ -175,7 +173,6 @@ def test_dora_merge_is_the_requantized_dora_weight() -> None:
 
 
 def test_dora_after_merge_and_unmerge_uses_the_requantized_weight() -> None:
-    pytest.importorskip("lorakit.variants.dora")
     model = lorakit.add_adapter(quantized_llama(), lora(use_dora=True, target_modules=["down_proj"]))
     layer = model.model.layers[0].mlp.down_proj
     x = torch.randn(4, 128)
