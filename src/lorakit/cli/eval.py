@@ -1,9 +1,10 @@
 """Evaluate a model (+ adapter) on a dataset: loss and perplexity for language models, accuracy and macro-F1
 (and loss) for classification.
 
-RUN is a training output directory (its train_config.yaml rebuilds the model, its adapter is applied) or a
-training config YAML (the adapter is the one in its output.dir, when there is one). The dataset is the run's
-validation data unless --data names a file (same format as the training data).
+RUN is a training output directory (its train_config.yaml rebuilds the model, its adapter is applied; for a
+training.method full / probe run, its weights.safetensors) or a training config YAML (the adapter is the one in
+its output.dir, when there is one). The dataset is the run's validation data unless --data names a file (same
+format as the training data).
 
 examples:
   lorakit eval runs/alpaca                                   # the run's own validation set
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.hf.tokenizer import load_tokenizer
     from lorakit.train.config import load_config
     from lorakit.train.data import build_datasets
+    from lorakit.train.methods import WEIGHTS_FILE, load_weights
     from lorakit.train.prepare import resolve_config
     from lorakit.train.tasks import TASKS, evaluate
 
@@ -62,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         overrides += [f"data.train_file={args.data}", "data.validation_file=null", "data.validation_split=0"]
     cfg = resolve_config(load_config(config_file, overrides))
     adapter = args.adapter or (str(run_path) if run_path.is_dir() else cfg.output.dir)
-    if adapter != "none" and not (Path(adapter) / "adapter_config.json").is_file():
-        raise ConfigError(f"no adapter in {adapter}; train first, pass --adapter DIR, or --adapter none")
+    weights = cfg.training.method != "lora" and adapter != "none"  # full / probe: weights.safetensors, no adapter
+    wanted = WEIGHTS_FILE if weights else "adapter_config.json"
+    if adapter != "none" and not (Path(adapter) / wanted).is_file():
+        what = f"{cfg.training.method} run's {WEIGHTS_FILE}" if weights else "adapter"
+        raise ConfigError(f"no {what} in {adapter}; train first, pass --adapter DIR, or --adapter none")
     quiet_transformers()
     tokenizer = load_tokenizer(Path(cfg.model.path))
     train_set, val_set, stats = build_datasets(cfg.data, tokenizer)
@@ -73,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the run has no validation data (data.validation_file / validation_split); pass --data FILE")
     torch.manual_seed(cfg.training.seed)
     model = load_model(cfg.model, Path(cfg.model.path), stats["labels"], tokenizer.pad_token_id)
-    if adapter != "none":
+    if weights:
+        load_weights(model, Path(adapter))
+    elif adapter != "none":
         lorakit.load_adapter(model, adapter)
     size = args.batch_size or 16
     batches = (task.collate(examples[i:i + size], tokenizer.pad_token_id) for i in range(0, len(examples), size))

@@ -22,6 +22,7 @@ from lorakit.config import BOOL_WORDS, LoraConfig, coerce
 from lorakit.errors import ConfigError
 from lorakit.hf.config import ModelConfig, check_choice  # the `model:` section; lives with the loading code
 from lorakit.train.data import DataConfig
+from lorakit.train.methods import METHODS, check_method
 from lorakit.variants.registry import for_section, training_sections
 from lorakit.variants.training import adapter_config_from_dict
 
@@ -32,6 +33,9 @@ DISTRIBUTED = ("ddp", "fsdp")
 
 @dataclass
 class TrainingConfig:
+    # lora (adapters) | full (every weight: full fine-tuning) | probe (only a new classification head, on frozen
+    # features); the same trainer, data, loss and evaluation for all three (lorakit/train/methods.py)
+    method: str = "lora"
     seed: int = 0  # seeds weights of new heads, data order, dropout
     epochs: int = 1  # passes over the training data (max_steps wins when set)
     max_steps: int | None = None  # optimizer steps in total
@@ -84,6 +88,7 @@ class TrainingConfig:
                 f"training: warmup_steps={self.warmup_steps}, warmup_ratio={self.warmup_ratio}, min_lr_ratio="
                 f"{self.min_lr_ratio}: expected warmup_steps >= 0, warmup_ratio in [0, 1), min_lr_ratio in [0, 1]"
             )
+        check_choice("training.method", self.method, METHODS)
         check_choice("training.scheduler", self.scheduler, SCHEDULES)
         check_choice("training.mixed_precision", self.mixed_precision, PRECISIONS)
         check_choice("training.distributed", self.distributed, DISTRIBUTED)
@@ -138,6 +143,7 @@ class TrainConfig:
         """Combinations the variants cannot run, refused before any model is loaded."""
         for name in training_sections():
             self.variants.setdefault(name, None)
+        check_method(self)
         for name, section in self.variants.items():
             check = for_section(name).training.check
             if section is not None and check is not None:

@@ -15,6 +15,7 @@ logged as one warning.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ class DataConfig:
     train_file: str | None = None  # JSON / JSONL / CSV / TSV / Parquet file; None: the embedded demo dataset
     validation_file: str | None = None  # same formats; None: validation_split of train_file, or no validation
     validation_split: float = 0.0  # fraction of train_file held out for validation (seeded shuffle); 0: none
+    # scored once, with the final weights, after training (summary "test_eval"); never used to pick anything
+    test_file: str | None = None
     # auto (from the first row's fields) | alpaca | chat | prompt_completion | text | classification
     format: str = "auto"
     text_field: str = "text"  # text, classification
@@ -57,7 +60,7 @@ class DataConfig:
     seed: int = 0  # seeds the validation_split shuffle
 
     def __post_init__(self) -> None:
-        for name in ("train_file", "validation_file"):
+        for name in ("train_file", "validation_file", "test_file"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"data.{name}={value!r}: expected a file path or null")
@@ -156,6 +159,18 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[di
                  trained_tokens=sum(t != IGNORE for e in train for t in e["labels"]) if spec.causal else 0)
     _warn(stats, cfg)
     return train, val, stats
+
+
+def build_test_set(cfg: DataConfig, tokenizer: Any, stats: DataStats) -> list[dict]:
+    """The examples of cfg.test_file (empty when unset), encoded like the validation set: the training data's
+    format and labels, never packed."""
+    if cfg.test_file is None:
+        return []
+    test_cfg = dataclasses.replace(cfg, train_file=cfg.test_file, validation_file=None, validation_split=0.0,
+                                   test_file=None, format=stats["format"], labels=stats["labels"] or cfg.labels,
+                                   packing=False)
+    examples, _, _ = build_datasets(test_cfg, tokenizer)
+    return examples
 
 
 def _render(rows: list[Row], fmt: str, names: dict[str, str], tokenizer: Any, bad: BadRows) -> list[tuple[Row, Any]]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lorakit.train.config import TrainingConfig
+from lorakit.train.methods import is_head
 from lorakit.variants.registry import all_variants
 
 HEAD_MARKER = ".modules_to_save."  # fully trained copies, e.g. a new classification head
@@ -17,17 +18,19 @@ HEAD_MARKER = ".modules_to_save."  # fully trained copies, e.g. a new classifica
 def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[dict]:
     """Trainable parameters in named groups, each with its learning rate and weight decay.
 
-    lora_A (and other adapter tensors): lr; lora_B: loraplus_lr_ratio * lr; modules_to_save: head_lr (or lr);
+    lora_A (and other adapter tensors, and the base weights of full fine-tuning): lr; lora_B: loraplus_lr_ratio *
+    lr; modules_to_save and a full / probe run's head: head_lr (or lr);
     biases and 1-d tensors (norms, a variant's vectors) take no weight decay."""
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         dotted = f".{name}"
-        if HEAD_MARKER in dotted:
+        if HEAD_MARKER in dotted or is_head(name):  # is_head: the plain head of a full / probe run
             kind, lr = "head", cfg.head_lr if cfg.head_lr is not None else cfg.lr
         else:
-            kind, lr = _variant_group(dotted, cfg) or ("lora_A", cfg.lr)
+            default = "weights" if cfg.method == "full" else "lora_A"  # weights: the base, in full fine-tuning
+            kind, lr = _variant_group(dotted, cfg) or (default, cfg.lr)
         decay = cfg.weight_decay if param.ndim >= 2 else 0.0
         key = f"{kind}" if decay else f"{kind}_no_decay"
         group = groups.setdefault(key, {"name": key, "params": [], "param_names": [], "lr": lr,

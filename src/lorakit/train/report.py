@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lorakit.adapters import count_parameters
+from lorakit.train.methods import saved_bytes
 from lorakit.train.metrics import read_metrics
 from lorakit.variants.training import report_rows
 
@@ -24,11 +25,6 @@ def peak_gpu_mb() -> float | None:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.max_memory_allocated() / 2**20
-
-
-def directory_size(path: Path, pattern: str = "adapter_*") -> int:
-    """Bytes of the files matching pattern directly in path (the adapter files by default)."""
-    return sum(f.stat().st_size for f in Path(path).glob(pattern) if f.is_file())
 
 
 def human_bytes(n: float) -> str:
@@ -88,12 +84,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [
         ("trainable params", f"{summary['trainable_params']:,} of {summary['total_params']:,} "
                              f"({summary['trainable_percent']:.3f}%)"),
-        ("adapter size on disk", human_bytes(summary["adapter_bytes"])),
+        ("adapter size on disk" if summary.get("method", "lora") == "lora" else "saved weights on disk",
+         human_bytes(summary["adapter_bytes"])),
         ("steps", f"{summary['steps']} ({summary['examples_per_step']} examples each)"),
         ("final train loss", _fmt(summary.get("final_train_loss"))),
     ]
     for key, value in (summary.get("final_eval") or {}).items():
         rows.append((f"eval {key}", _fmt(value)))
+    for key, value in (summary.get("test_eval") or {}).items():
+        rows.append((f"test {key}", _fmt(value)))
     if summary.get("best_step") is not None:
         rows.append(("best", f"{summary['metric']} {_fmt(summary['best_metric'])} at step {summary['best_step']}"))
     rows += report_rows(summary)  # what the run's variants add (lorakit.variants.training)
@@ -132,7 +131,8 @@ def build_summary(trainer: Any, final_eval: dict[str, float] | None, steps_now: 
     progress = trainer.progress
     return {
         "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / max(total, 1),
-        "adapter_bytes": directory_size(trainer.out if name == "default" else trainer.out / name),
+        "method": trainer.cfg.training.method,
+        "adapter_bytes": saved_bytes(trainer.out, trainer.cfg.training.method, name),
         "steps": progress.step, "steps_this_session": steps_now, "examples_per_step": trainer.global_batch,
         "final_train_loss": train_losses[-1] if train_losses else None, "final_eval": final_eval,
         "metric": trainer.metric_name, "best_metric": progress.best_metric, "best_step": progress.best_step,

@@ -124,11 +124,13 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: P
 # -- save / find / load ------------------------------------------------------------------------------------------
 def save_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     progress: Progress, hooks: list, rng_states: list[dict], config_yaml: str,
-                    adapter_name: str, keep: int) -> Path:
-    """Write checkpoint step-<progress.step> under root atomically and drop all but the `keep` newest."""
+                    adapter_name: str, keep: int, with_adapter: bool = True) -> Path:
+    """Write checkpoint step-<progress.step> under root atomically and drop all but the `keep` newest.
+    with_adapter=False: a run without an adapter (training.method full / probe) keeps trainable.safetensors only."""
     target = Path(root) / f"step-{progress.step:08d}"
     with atomic_directory(target) as tmp:
-        save_adapter(model, tmp / "adapter", adapter_name)
+        if with_adapter:
+            save_adapter(model, tmp / "adapter", adapter_name)
         save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({

@@ -33,8 +33,9 @@ from lorakit.train import distributed as D
 from lorakit.train import report
 from lorakit.train import state as S
 from lorakit.train.config import TrainConfig
-from lorakit.train.data import build_datasets
+from lorakit.train.data import build_datasets, build_test_set
 from lorakit.train.hooks import TrainHook
+from lorakit.train.methods import make_trainable, save_weights
 from lorakit.train.metrics import MetricsLogger, check_sinks, read_metrics, truncate_after
 from lorakit.train.optim import build_optimizer, build_scheduler
 from lorakit.train.prepare import prepare_lora, resolve_config
@@ -102,15 +103,8 @@ class Trainer:
             self.cfg.data.labels = list(labels)  # recorded in train_config.yaml: merge / eval rebuild the head
         base = load_model(self.cfg.model, Path(self.cfg.model.path), labels, self.tokenizer.pad_token_id,
                           self.dist.device)
-        self.cfg.lora = variant_lora_config(self.cfg, base, prepare_lora(self.cfg, base))
-        oversized = oversized_ranks(base, self.cfg.lora, find_targets(base, self.cfg.lora))
-        if oversized:
-            raise ConfigError(f"lora: {describe_oversized(oversized)}. Set lora.r <= {min(oversized[0][2:])} (or "
-                              "lower lora.rank_pattern for those layers)")
-        # a copy goes into the model: a variant's hook may write into it (learned ranks), the run's config stays
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the oversized-rank warning: refused above already
-            self.raw = add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)
+        self.test_set = [prepare(e) for e in build_test_set(self.cfg.data, self.tokenizer, self.data_stats)]
+        self.raw = self._with_adapter(base) if t.method == "lora" else make_trainable(base, t.method)
         self.raw.to(self.dist.device).train()
         self.model = D.wrap_model(self.raw, self.dist)
         self.global_batch = t.batch_size * t.grad_accum * world_size
@@ -126,7 +120,8 @@ class Trainer:
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         # the variants' hooks first: their checkpointed states keep their places whatever hooks the caller adds
         mode = t.distributed if world_size > 1 else None
-        self.hooks = attach_variants(self.cfg, self.raw, self.total_steps, mode) + self.hooks
+        if t.method == "lora":
+            self.hooks = attach_variants(self.cfg, self.raw, self.total_steps, mode) + self.hooks
         self.optimizer = build_optimizer(self.raw, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.progress = S.Progress()
@@ -136,6 +131,17 @@ class Trainer:
         self.finished = False
         self._rng: dict | None = None
         self._resume(resume)
+
+    def _with_adapter(self, base: torch.nn.Module) -> torch.nn.Module:
+        self.cfg.lora = variant_lora_config(self.cfg, base, prepare_lora(self.cfg, base))
+        oversized = oversized_ranks(base, self.cfg.lora, find_targets(base, self.cfg.lora))
+        if oversized:
+            raise ConfigError(f"lora: {describe_oversized(oversized)}. Set lora.r <= {min(oversized[0][2:])} (or "
+                              "lower lora.rank_pattern for those layers)")
+        # a copy goes into the model: a variant's hook may write into it (learned ranks), the run's config stays
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the oversized-rank warning: refused above already
+            return add_adapter(base, copy.deepcopy(self.cfg.lora), self.cfg.output.adapter_name)
 
     def _resume(self, resume: bool | str | None) -> None:
         """Load the checkpoint to continue from (reads only; the metrics file is cut in _open_output)."""
@@ -286,11 +292,13 @@ class Trainer:
         )
 
     # -- evaluation, best adapter, checkpoints ------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float] | None:
-        if not self.val_set:
+    def evaluate(self, examples: list | None = None) -> dict[str, float] | None:
+        """Metrics on `examples` (the validation set by default)."""
+        examples = self.val_set if examples is None else examples
+        if not examples:
             return None
         size = self.cfg.training.eval_batch_size or 2 * self.cfg.training.batch_size
-        batches = (self._batch(self.val_set[i:i + size]) for i in range(0, len(self.val_set), size))
+        batches = (self._batch(examples[i:i + size]) for i in range(0, len(examples), size))
         model = self.model if self.dist.mode == "fsdp" else self.raw  # FSDP must run its forward on every rank
         return evaluate(model, self.task, batches, self._autocast)
 
@@ -320,20 +328,27 @@ class Trainer:
         with D.gathered_state(self.raw, self.dist):  # FSDP: every rank helps gather, rank 0 writes
             if not self.dist.is_main:
                 return
-            if not atomic:  # the output dir itself: save_adapter replaces its two files atomically
-                save_trained_adapter(self.raw, directory, self.cfg.output.adapter_name, self.hooks)
+            if not atomic:  # the output dir itself: the save replaces its files atomically
+                self._save_into(directory)
                 self.folder.commit()
                 return
             with S.atomic_directory(directory) as tmp:
-                save_trained_adapter(self.raw, tmp, self.cfg.output.adapter_name, self.hooks)
+                self._save_into(tmp)
             self.folder.commit()  # the new run has an adapter of its own: a run it replaces can go
+
+    def _save_into(self, directory: Path) -> None:
+        method = self.cfg.training.method
+        if method == "lora":
+            save_trained_adapter(self.raw, directory, self.cfg.output.adapter_name, self.hooks)
+        else:
+            save_weights(self.raw, directory, method)
 
     def _checkpoint(self) -> None:
         rng = D.gather_objects(S.capture_rng(), self.dist)
         if self.dist.is_main:
             S.save_checkpoint(self.out / S.CHECKPOINTS, self.raw, self.optimizer, self.scheduler, self.progress,
                               self.hooks, rng, self.cfg.to_yaml(), self.cfg.output.adapter_name,
-                              self.cfg.training.keep_checkpoints)
+                              self.cfg.training.keep_checkpoints, with_adapter=self.cfg.training.method == "lora")
             self.folder.commit()
         D.barrier(self.dist)
 
@@ -394,6 +409,9 @@ class Trainer:
             p.elapsed_s += time.perf_counter() - started
             self._save_adapter(self.out, atomic=False)
             summary = report.build_summary(self, final_eval, p.step - first_step)
+            if self.test_set:  # once, with the final weights; nothing is chosen by it
+                summary["test_eval"] = self.evaluate(self.test_set)
+                self.metrics.log(p.step, "test", summary["test_eval"])
             if self.dist.is_main:
                 summary.update(variant_summary(self.raw, self.cfg.output.adapter_name, self.hooks, self.out,
                                                self.cfg.output.plot))
