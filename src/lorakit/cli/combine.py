@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             if model_cfg is None:
                 from transformers import AutoModel
 
-                model = AutoModel.from_pretrained(str(base_path))
+                from lorakit.hf.models import from_pretrained
+
+                model = from_pretrained(AutoModel, base_path)
             else:
                 model_cfg.quantization = None  # the combination is of the adapters' own tensors
                 model = load_model(model_cfg, base_path, labels)

@@ -14,7 +14,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from lorakit.errors import AdapterFileError, ConfigError
@@ -44,7 +43,7 @@ class FiniteLogits:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", help="local causal-LM directory (config.json, weights, tokenizer)")
+    parser.add_argument("base", help="local causal-LM directory (config.json, weights, tokenizer) or GGUF file")
     parser.add_argument("--adapter", help="adapter directory to apply (default: the base model alone)")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -86,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     import lorakit
-    from lorakit.hf.paths import resolve_model_path
+    from lorakit.hf.models import from_pretrained
+    from lorakit.hf.paths import architecture_of, resolve_model_path, task_of_checkpoint
     from lorakit.hf.quiet import quiet_transformers
     from lorakit.hf.tokenizer import load_tokenizer
 
@@ -97,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     path = resolve_model_path(args.base)
     tokenizer = load_tokenizer(path)
-    architecture = (json.loads((path / "config.json").read_text()).get("architectures") or [""])[0]
-    if architecture and not architecture.endswith(("ForCausalLM", "LMHeadModel")):
+    architecture = architecture_of(path)  # a GGUF's is a family name ("llama"); its task says if it is a causal LM
+    if architecture and task_of_checkpoint(path) != "causal-lm" and not architecture.endswith("LMHeadModel"):
         raise ConfigError(f"{path} holds a {architecture}, not a causal language model; lorakit generate needs one "
                           "(an ...ForCausalLM checkpoint)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        model = from_pretrained(AutoModelForCausalLM, path).eval()
     except ValueError as exc:
         raise ConfigError(f"{path} is not a causal language model ({exc}); lorakit generate needs one") from None
     if args.adapter:

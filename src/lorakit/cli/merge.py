@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
             if model_cfg is None:
                 from transformers import AutoModel
 
-                model = AutoModel.from_pretrained(str(base_path), dtype=torch.float32)
+                from lorakit.hf.models import from_pretrained
+
+                model = from_pretrained(AutoModel, base_path, dtype=torch.float32)
             else:
                 model = load_model(model_cfg, base_path, labels)
         tokenizer = load_tokenizer(base_path)

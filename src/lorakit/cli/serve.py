@@ -32,7 +32,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="local causal-LM directory (config.json, weights, tokenizer)")
+    parser.add_argument("--model", required=True,
+                        help="local causal-LM directory (config.json, weights, tokenizer) or GGUF file")
     parser.add_argument("--adapters", required=True, help="directory with one sub-directory per adapter")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lorakit.hf.models import from_pretrained
     from lorakit.hf.paths import resolve_model_path
     from lorakit.hf.quiet import quiet_transformers
     from lorakit.hf.tokenizer import load_tokenizer
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+        model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype).to(device)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"--model {path}: not a causal language model lorakit can serve ({exc})") from None
     config = ServeConfig(

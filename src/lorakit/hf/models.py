@@ -1,5 +1,5 @@
-"""The base model for a task, loaded from a local directory: Auto class, dtype, labels, device, quantization,
-activation checkpointing. The task classes here are what a model family needs for `lorakit train`."""
+"""The base model for a task, loaded from a local directory or a GGUF file: Auto class, dtype, labels, device,
+quantization, activation checkpointing. The task classes here are what a model family needs for `lorakit train`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from lorakit.errors import ConfigError
 from lorakit.hf.checkpointing import enable_checkpointing
 from lorakit.hf.classifier import MeanPoolClassifier
 from lorakit.hf.config import ModelConfig
+from lorakit.hf.gguf import is_gguf, load_dense
 from lorakit.hf.quantized import quantize
 
 AUTO_CLASSES = {
@@ -21,6 +22,14 @@ AUTO_CLASSES = {
     "seq-cls": "AutoModelForSequenceClassification",
     "seq2seq": "AutoModelForSeq2SeqLM",
 }
+
+
+def from_pretrained(auto_class, path: Path, **kwargs) -> nn.Module:
+    """auto_class.from_pretrained(path, **kwargs) for a model directory or a GGUF file (dequantized: hf/gguf.py).
+    Every command that loads a base model from model.path goes through here."""
+    if is_gguf(path):
+        return load_dense(auto_class, Path(path), **kwargs)
+    return auto_class.from_pretrained(str(path), **kwargs)
 
 
 def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pad_token_id: int | None = None,
@@ -36,11 +45,11 @@ def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pa
                       label2id={name: i for i, name in enumerate(labels)})
     try:
         if cfg.pooling == "mean":
-            encoder = transformers.AutoModel.from_pretrained(str(path), dtype=dtype)
+            encoder = from_pretrained(transformers.AutoModel, path, dtype=dtype)
             model = MeanPoolClassifier(encoder, len(labels)).to(encoder.dtype)
         else:
             auto = getattr(transformers, AUTO_CLASSES[cfg.task])
-            model = auto.from_pretrained(str(path), **kwargs)
+            model = from_pretrained(auto, path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"could not load {str(path)!r} as a {cfg.task} model ({type(exc).__name__}: {exc}); check model.path "

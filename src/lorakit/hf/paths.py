@@ -1,5 +1,6 @@
-"""Local model directories: the default model, the check that a directory holds one, and the task its
-architecture implies. Nothing is downloaded."""
+"""Local models: the default model, the check that model.path names one (a directory with config.json, a GGUF
+file, or a folder holding exactly one GGUF: hf/gguf.py), and the task its architecture implies. Nothing is
+downloaded."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from lorakit.errors import ConfigError
+from lorakit.hf import gguf
 
 # config.json "architectures"[0] suffix -> task; anything else is a bare encoder / decoder ("base")
 ARCHITECTURE_TASKS = (("ForCausalLM", "causal-lm"), ("ForSequenceClassification", "seq-cls"),
@@ -26,20 +28,46 @@ def default_model_path() -> str:
 
 
 def resolve_model_path(path: str | None) -> Path:
+    """The model directory, or the .gguf file, that `path` (model.path) names."""
     resolved = Path(path).expanduser() if path else Path(default_model_path())
+    if gguf.is_gguf(resolved) and resolved.is_file():
+        return resolved
+    found_gguf = gguf.gguf_in_folder(resolved) if resolved.is_dir() else None
+    if found_gguf is not None:
+        return found_gguf
     if not (resolved / "config.json").is_file():
-        found = sorted(p.name for p in resolved.iterdir())[:10] if resolved.is_dir() else "no such directory"
+        found = sorted(p.name for p in resolved.iterdir())[:10] if resolved.is_dir() else "no such file or directory"
         raise ConfigError(
             f"model.path={str(resolved)!r}: expected a local Hugging Face model directory with config.json "
-            f"(nothing is downloaded); found {found}"
+            f"or a GGUF file (nothing is downloaded); found {found}"
         )
     return resolved
 
 
+def is_local_model(path: str | Path) -> bool:
+    """Does `path` name a model without any searching: a directory with config.json, or a GGUF file."""
+    path = Path(path).expanduser()
+    return (path / "config.json").is_file() or (gguf.is_gguf(path) and path.is_file())
+
+
 def task_of_checkpoint(path: Path) -> str:
-    """The task a model directory's architecture implies (config.json "architectures"), else "base"."""
-    architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""]
+    """The task a model's architecture implies (config.json "architectures", a GGUF's general.architecture),
+    else "base"."""
+    if gguf.is_gguf(path):
+        return gguf.task_of(path)
+    return _task_of_class(architecture_of(path))
+
+
+def architecture_of(path: Path) -> str:
+    """What a model says it is: config.json's "architectures"[0] (a transformers class), or a GGUF file's
+    general.architecture (a llama.cpp family name such as "llama"); "" when a config.json names none."""
+    if gguf.is_gguf(path):
+        return gguf.architecture(path)
+    return (json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""])[0]
+
+
+def _task_of_class(architecture: str) -> str:
     for suffix, task in ARCHITECTURE_TASKS:
-        if architectures[0].endswith(suffix):
+        if architecture.endswith(suffix):
             return task
     return "base"

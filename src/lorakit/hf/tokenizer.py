@@ -1,4 +1,4 @@
-"""The tokenizer of a local model directory, with a pad token."""
+"""The tokenizer of a local model directory or GGUF file (its tokenizer is in its metadata), with a pad token."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from lorakit.errors import ConfigError
+from lorakit.hf.gguf import is_gguf, pretrained_args
 
 
 def load_tokenizer(path: Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        source, extra = pretrained_args(path) if is_gguf(path) else (str(path), {})
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load a tokenizer from {path} ({exc})") from None
     if tokenizer.pad_token is None:  # causal LMs often have none; padding is masked out anyway
