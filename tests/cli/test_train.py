@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from lorakit.cli.main import main
+from tests.corpora.fake_rotten_tomatoes import install_fake_rotten_tomatoes
 from tests.train.runs import make_run
 
 
@@ -17,10 +18,13 @@ def test_print_config_applies_overrides_given_after_options(tmp_path, capsys):
     assert printed["model"]["path"] == str((tmp_path / "tiny-llama").resolve())
 
 
-def test_without_a_config_the_demo_config_is_used(capsys):
+def test_without_a_config_the_demo_config_is_used(tmp_path, monkeypatch, capsys):
+    install_fake_rotten_tomatoes(tmp_path, monkeypatch)  # the demo's data: Rotten Tomatoes, split by movie
     assert main(["train", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["pooling"] == "mean" and printed["data"]["train_file"].endswith("demo_train.jsonl")
+    assert printed["model"]["pooling"] == "mean" and printed["training"]["method"] == "lora"
+    assert printed["data"]["train_file"].endswith("rotten-tomatoes-splits-v1/train.jsonl")
+    assert printed["data"]["test_file"].endswith("rotten-tomatoes-splits-v1/test.jsonl")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,123 +1,130 @@
-"""The embedded demo: LoRA on the real all-MiniLM-L6-v2 against a linear probe of the untouched model.
+"""`lorakit demo`: all-MiniLM-L6-v2 on Rotten Tomatoes, trained three ways through the same trainer, data, loss
+and evaluation: a linear probe (only a new head, on the frozen model's features), LoRA, and full fine-tuning.
 
-Both see the same tokenized data. The probe is given its best shot: the frozen model's mean-pooled sentence
-embeddings (how the model is meant to be used), standardized, and a logistic-regression head trained to
-convergence (L-BFGS). LoRA then trains rank-8 adapters on query/value plus the same kind of head, with the demo's
-config (demo/settings.py: src/lorakit/data/demo.yaml, copied to configs/demo.yaml), and is scored on the same
-held-out test file.
+Each method is the demo config (src/lorakit/data/demo.yaml) plus the overrides its header lists for it
+(demo/settings.py), then the user's overrides, which apply to all three. Every config is built, and so checked,
+before the first run starts. Each run trains in a process of its own (demo/worker.py) and writes its folder
+under output.dir (<dir>/probe, <dir>/lora, <dir>/full); then the table (demo/table.py) and, for a method that
+scored below the probe, why and what to try (demo/hints.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-from transformers import AutoModel
-
-from lorakit.demo.settings import DEMO_MODEL_NAME, DEMO_YAML
-from lorakit.hf.tokenizer import load_tokenizer
-from lorakit.train.config import TrainConfig, load_config
-from lorakit.train.data import build_datasets, collate
+from lorakit.demo.hints import why_behind
+from lorakit.demo.results import MethodResult
+from lorakit.demo.settings import DEMO_DATA_NAME, DEMO_MODEL_NAME, demo_methods
+from lorakit.demo.table import format_table
+from lorakit.demo.worker import demo_config, train_in_own_process
+from lorakit.errors import ConfigError
+from lorakit.train.config import TrainConfig
 from lorakit.train.prepare import resolve_config
-from lorakit.train.report import human_bytes, human_time, peak_rss_mb
-from lorakit.train.trainer import train
+from lorakit.train.report import human_time
 
 
-def demo_config(overrides: Sequence[str] = ()) -> TrainConfig:
-    return load_config(None, list(overrides), base=DEMO_YAML)
+def check_overrides(overrides: Sequence[str]) -> None:
+    """The demo runs every method itself: a user's training.method would make the three runs one."""
+    for item in overrides:
+        if item.partition("=")[0].strip() == "training.method":
+            raise ConfigError(f"lorakit demo runs every method ({', '.join(demo_methods())}); {item!r} would make "
+                              "them all one. To train one method alone: lorakit train configs/demo.yaml "
+                              "training.method=... (configs/demo.yaml lists each method's settings)")
 
 
-@torch.no_grad()
-def sentence_embeddings(encoder: nn.Module, examples: list, pad_id: int, batch_size: int = 128) -> torch.Tensor:
-    """Mean-pooled last hidden states of the frozen encoder, (n, hidden)."""
-    encoder.eval()
-    out = []
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, s, 1)
-        out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))  # (b, h)
-    return torch.cat(out)
+def method_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
+    """method -> everything applied to the demo config for it: its own settings, then the user's, then its
+    output folder (<output.dir>/<method>)."""
+    check_overrides(overrides)
+    parent = Path(demo_config(overrides).output.dir)
+    return {method: [*own, *overrides, f"output.dir={parent / method}"]
+            for method, own in demo_methods().items()}
 
 
-def labels_of(examples: list) -> torch.Tensor:
-    return collate(examples, 0)["label"]
-
-
-def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-              weight_decay: float = 1e-4) -> float:
-    """Logistic regression on standardized features, trained to convergence; returns test accuracy."""
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    head = nn.Linear(x_train.shape[1], int(max(y_train.max(), y_test.max())) + 1)
-    optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(head(x_train), y_train) + weight_decay * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        return (head(x_test).argmax(-1) == y_test).float().mean().item()
-
-
-def run_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Probe, then LoRA; prints the comparison and returns the numbers."""
-    started, cpu_started = time.perf_counter(), time.process_time()
-    cfg = demo_config(overrides)
-    resolved = resolve_config(cfg)
-    threads = torch.get_num_threads()
-    if resolved.training.num_threads:
-        torch.set_num_threads(resolved.training.num_threads)
-    name = DEMO_MODEL_NAME if cfg.model.path is None else resolved.model.path
-    say(f"lorakit demo: LoRA fine-tuning of {name} against a linear probe ({torch.get_num_threads()} CPU threads)")
-    tokenizer = load_tokenizer(Path(resolved.model.path))
-    train_set, test_set, stats = build_datasets(resolved.data, tokenizer)
-    say(f"  data: {len(train_set)} train / {len(test_set)} test examples, labels {stats['labels']}")
-    encoder = AutoModel.from_pretrained(resolved.model.path)
-    probe_start = time.perf_counter()
-    x_train = sentence_embeddings(encoder, train_set, tokenizer.pad_token_id)
-    x_test = sentence_embeddings(encoder, test_set, tokenizer.pad_token_id)
-    torch.manual_seed(resolved.training.seed)
-    probe_acc = fit_probe(x_train, labels_of(train_set), x_test, labels_of(test_set))
-    probe_s = time.perf_counter() - probe_start
-    del encoder
-    say(f"  linear probe (frozen model, head only): test accuracy {probe_acc:.3f} [{probe_s:.0f}s]; now LoRA ...")
-    torch.set_num_threads(threads)
-    result = train(cfg)
-    summary = result.summary
-    lora_acc = (result.final_eval or {}).get("accuracy", float("nan"))
-    numbers = {
-        "probe_accuracy": probe_acc, "lora_accuracy": lora_acc, "trainable_params": summary["trainable_params"],
-        "total_params": summary["total_params"], "trainable_percent": summary["trainable_percent"],
-        "adapter_bytes": summary["adapter_bytes"], "probe_s": probe_s, "lora_s": summary["time_s"],
-        "total_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started,
-        "peak_rss_mb": peak_rss_mb(), "output_dir": str(result.output_dir),
-    }
-    say(format_demo(numbers, resolved))
-    return numbers
-
-
-def format_demo(n: dict[str, Any], cfg: TrainConfig) -> str:
+def describe_method(cfg: TrainConfig) -> str:
+    method = cfg.training.method
+    if method == "probe":
+        return "a new linear head on the frozen model's features"
+    if method == "full":
+        return "every weight of the model, and the new head"
     lora = cfg.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else "/".join(lora.target_modules or [])
-    rows = [
-        ("linear probe accuracy (untouched model, trained head only)", f"{n['probe_accuracy']:.3f}"),
-        (f"LoRA accuracy (r={lora.r} on {targets} + head)",
-         f"{n['lora_accuracy']:.3f}  ({n['lora_accuracy'] - n['probe_accuracy']:+.3f})"),
-        ("trainable parameters", f"{n['trainable_params']:,} of {n['total_params']:,} "
-                                 f"({n['trainable_percent']:.2f}%)"),
-        ("adapter size on disk", human_bytes(n["adapter_bytes"])),
-        ("time", f"{human_time(n['total_s'])} (probe {human_time(n['probe_s'])}, LoRA training "
-                 f"{human_time(n['lora_s'])}); CPU time {human_time(n['cpu_s'])}"),
-        ("peak memory (RSS)", f"{n['peak_rss_mb']:.0f} MiB"),
-        ("adapter written to", n["output_dir"]),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "lorakit demo: results\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    return f"rank-{lora.r} adapters on {targets}, and the new head"
+
+
+def describe_schedule(cfg: TrainConfig) -> str:
+    t = cfg.training
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch{'s' if t.epochs > 1 else ''}"
+    head = f", head lr {t.head_lr:g}" if t.head_lr is not None and cfg.training.method != "probe" else ""
+    return f"lr {t.lr:g}{head}, {length} of batch {t.batch_size}"
+
+
+def count_rows(path: str | None) -> int:
+    """Rows of a JSONL file (0 for no file)."""
+    if path is None:
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def describe_data(cfg: TrainConfig, resolved: TrainConfig) -> tuple[str, int]:
+    """A line saying what the runs train and score on, and the number of test rows."""
+    d = resolved.data
+    if cfg.data.train_file is not None:
+        return f"data: {d.train_file} (validation: {d.validation_file or d.validation_split}; test: {d.test_file})", 0
+    sizes = [count_rows(path) for path in (d.train_file, d.validation_file, d.test_file)]
+    with open(d.test_file, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    movies, fresh = len({row["movie"] for row in rows}), sum(row["label"] == "fresh" for row in rows)
+    return (f"data: {DEMO_DATA_NAME} review snippets, fresh or rotten, split by movie: {sizes[0]:,} train / "
+            f"{sizes[1]:,} validation / {sizes[2]:,} test ({movies} movies no run trains on, "
+            f"{fresh / max(len(rows), 1):.0%} fresh)"), sizes[2]
+
+
+def run_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) -> list[MethodResult]:
+    """Train every method of the demo, each in its own process; print progress, the table and any hint."""
+    started = time.perf_counter()
+    runs = method_overrides(overrides)
+    configs = {method: demo_config(extra) for method, extra in runs.items()}  # every config checked up front
+    tuned = {method: demo_config(own) for method, own in demo_methods().items()}  # the demo's own settings
+    first = next(iter(configs.values()))
+    resolved = resolve_config(first)  # builds the data splits once, finds the model: errors before any run
+    model = DEMO_MODEL_NAME if first.model.path is None else resolved.model.path
+    data_line, test_rows = describe_data(first, resolved)
+    say(f"lorakit demo: {model}, trained {len(runs)} ways with the same trainer, data, loss and evaluation")
+    say(f"  {data_line}")
+    results: list[MethodResult] = []
+    for i, (method, extra) in enumerate(runs.items(), 1):
+        cfg = configs[method]
+        say(f"lorakit demo [{i}/{len(runs)}] {method}: {describe_method(cfg)} ({describe_schedule(cfg)}) ...")
+        out, wall = train_in_own_process(method, extra)
+        result = MethodResult.from_run(method, out["summary"], out["train_losses"], wall, cfg.training.epochs,
+                                       cfg.training.lr)
+        results.append(result)
+        say(f"lorakit demo [{i}/{len(runs)}] {method} done in {human_time(wall)}: validation accuracy "
+            f"{_fmt(result.validation_accuracy)}, test accuracy {_fmt(result.test_accuracy)}")
+        if i == 1:
+            stats = out["summary"]["data"]
+            truncated, n = stats.get("truncated", 0), stats.get("train_rows", 0) + stats.get("validation_rows", 0)
+            if truncated:
+                say(f"  (data.max_seq_len={cfg.data.max_seq_len} tokens cut the end off {truncated:,} of the {n:,} "
+                    "train and validation texts)")
+    say(f"lorakit demo: results on the {test_rows:,} test reviews" if test_rows else "lorakit demo: results")
+    say(format_table(results))
+    probe = next((r for r in results if r.method == "probe"), None)
+    for result in results:
+        if probe is not None and result is not probe:
+            own = tuned[result.method].training
+            for line in why_behind(result, probe, own.lr, test_rows, configs[result.method].training.max_steps,
+                                   own.max_steps):
+                say(f"  {line}")
+    say(f"  runs written to {Path(first.output.dir).parent}/{{{','.join(runs)}}}; total time "
+        f"{human_time(time.perf_counter() - started)}")
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

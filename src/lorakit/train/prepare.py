@@ -19,18 +19,22 @@ from lorakit.train.config import TrainConfig
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """A copy with every default made concrete: model.path, data files as absolute paths (so the copy written
-    next to the adapter rebuilds the same run from any directory). data.train_file=null means the embedded demo
-    dataset (its test split as validation), which goes with the embedded model (model.path=null)."""
+    next to the adapter rebuilds the same run from any directory). data.train_file=null means the demo's dataset,
+    Rotten Tomatoes split by movie (its validation and test splits fill validation_file and test_file when those are
+    unset), which goes with the demo's model (model.path=null)."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.train_file is None:
         if cfg.model.path is not None:
             raise ConfigError("data.train_file is not set; name a JSON / JSONL / CSV / Parquet file "
-                              "(null means lorakit's embedded demo dataset, used with model.path=null)")
-        cfg.data.train_file, test = demo_data_files()
+                              "(null means the demo's Rotten Tomatoes reviews, used with model.path=null)")
+        files = demo_data_files()
+        cfg.data.train_file = files["train"]
         if cfg.data.validation_file is None and not cfg.data.validation_split:
-            cfg.data.validation_file = test
+            cfg.data.validation_file = files["validation"]
+        if cfg.data.test_file is None:
+            cfg.data.test_file = files["test"]
     cfg.model.path = str(resolve_model_path(cfg.model.path).resolve())
-    for name in ("train_file", "validation_file"):
+    for name in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, name)
         if value is not None:
             setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
