@@ -14,7 +14,8 @@ from lorakit.version import __version__
 
 # command -> (module, one-line help). A command whose module is absent is simply not offered.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("lorakit.cli.demo", "fine-tune all-MiniLM-L6-v2 with LoRA on the embedded dataset (the default job)"),
+    "demo": ("lorakit.cli.demo",
+             "all-MiniLM-L6-v2 on Rotten Tomatoes: probe, LoRA, full (the default job); `demo chat`: SmolLM2"),
     "train": ("lorakit.cli.train", "fine-tune a model with LoRA from a YAML config"),
     "merge": ("lorakit.cli.merge", "merge an adapter into its base and write a plain transformers model"),
     "inspect": ("lorakit.cli.inspect", "show an adapter's config, ranks, sizes and singular-value spectra"),

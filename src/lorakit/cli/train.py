@@ -7,10 +7,10 @@ examples:
   lorakit train configs/demo.yaml --resume-from runs/demo/checkpoints/step-00000040
   lorakit train configs/alpaca-tiny.yaml --nproc 2             # 2 processes (DDP; gloo on CPU, nccl on GPU)
   torchrun --nproc_per_node 2 -m lorakit train configs/alpaca-tiny.yaml training.distributed=fsdp
-  lorakit train --print-config                                 # the resolved embedded demo config
+  lorakit train --print-config                                 # the resolved demo config
 
-Without CONFIG, trains the embedded demo: all-MiniLM-L6-v2 on lorakit's classification dataset (`lorakit demo`
-also measures the linear-probe baseline). Sections: model, lora (every LoraConfig field), data, training,
+Without CONFIG, trains the demo's LoRA run: all-MiniLM-L6-v2 on Rotten Tomatoes reviews (`lorakit demo` also
+runs the linear probe and full fine-tuning). Sections: model, lora (every LoraConfig field), data, training,
 output; configs/*.yaml comment every setting. The output directory receives the adapter (PEFT format),
 train_config.yaml (the resolved config), metrics.jsonl, curves.png, summary.json, best/ and checkpoints/.
 A start that fails or is refused leaves the output directory as it was; output.overwrite=true keeps the old run

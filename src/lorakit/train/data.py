@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    train_file: str | None = None  # JSON / JSONL / CSV / TSV / Parquet file; None: the embedded demo dataset
+    train_file: str | None = None  # JSON / JSONL / CSV / TSV / Parquet file; None: the demo's Rotten Tomatoes
     validation_file: str | None = None  # same formats; None: validation_split of train_file, or no validation
     validation_split: float = 0.0  # fraction of train_file held out for validation (seeded shuffle); 0: none
     # scored once, with the final weights, after training (summary "test_eval"); never used to pick anything
