@@ -32,7 +32,7 @@ def test_without_a_config_the_demo_config_is_used(tmp_path, monkeypatch, capsys)
     (["nosuch.yaml"], "config file nosuch.yaml does not exist"),
     (["a.yaml", "b.yaml"], "expected one config file"),
     (["model.path=/no/such/model", "data.train_file=x.jsonl"],
-     "model.path='/no/such/model': expected a local Hugging Face model directory"),
+     "model.path='/no/such/model': expected a Hugging Face model directory"),
 ])
 def test_user_errors_are_one_line_and_exit_code_2(capsys, args, message):
     assert main(["train", *args, "--print-config"]) == 2

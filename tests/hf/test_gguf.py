@@ -74,7 +74,7 @@ def test_a_folder_with_two_ggufs_asks_to_name_one(tmp_path, smollm2_gguf):
 
 
 def test_a_missing_gguf_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"expected a local Hugging Face model directory .*or a GGUF file.*no such"):
+    with pytest.raises(ConfigError, match=r"expected a Hugging Face model directory .*a GGUF file.*no such"):
         resolve_model_path(str(tmp_path / "absent.gguf"))
 
 

@@ -12,7 +12,7 @@ from lorakit.hf.paths import resolve_model_path, task_of_checkpoint
 
 def test_a_directory_without_config_json_is_a_clear_error(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"expected a local Hugging Face model directory.*weights\.bin"):
+    with pytest.raises(ConfigError, match=r"expected a Hugging Face model directory.*weights\.bin"):
         resolve_model_path(str(tmp_path))
 
 

@@ -12,9 +12,10 @@ from lorakit.errors import ConfigError
 
 
 def base_for_adapter(adapter: Path, given: str | None, command: str) -> Path:
-    """BASE when given; else the run's train_config.yaml model.path (as `lorakit eval` reads it), else the
-    adapter's base_model_name_or_path when it is a local model directory."""
-    from lorakit.hf.paths import is_local_model, resolve_model_path
+    """BASE when given; else the run's train_config.yaml model.path (and revision, as `lorakit eval` reads them),
+    else the adapter's base_model_name_or_path when it is a local model directory or a Hub id in the HF cache."""
+    from lorakit.hf.hub import cache_dir
+    from lorakit.hf.paths import is_hub_id, is_local_model, resolve_model_path
 
     if given is not None:
         return resolve_model_path(given)
@@ -23,12 +24,17 @@ def base_for_adapter(adapter: Path, given: str | None, command: str) -> Path:
         import yaml
 
         model = (yaml.safe_load(run_file.read_text(encoding="utf-8")) or {}).get("model") or {}
-        return resolve_model_path(model.get("path"))  # null: the default model, as in training
+        return resolve_model_path(model.get("path"), model.get("revision"))  # null: the default model
     recorded = _recorded_base(adapter)
     if recorded and is_local_model(recorded):  # a model directory or a GGUF file
         return Path(recorded).expanduser()
     where = f"its adapter_config.json names {recorded!r}, not a local model directory" if recorded else (
         "it has no train_config.yaml and its adapter_config.json names no base model")
+    if recorded and is_hub_id(recorded):  # as PEFT records it: the base's Hub id
+        try:
+            return resolve_model_path(recorded)
+        except ConfigError:
+            where = f"its adapter_config.json names the Hub id {recorded!r}, which is not in the HF cache {cache_dir()}"
     raise ConfigError(f"cannot tell which base model {adapter} was trained on ({where}); pass it: "
                       f"lorakit {command} BASE {adapter} ...")
 

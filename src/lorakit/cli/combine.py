@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.cli.base_model import base_for_adapter, loading_base
     from lorakit.cli.output_dir import check_output, output_directory
     from lorakit.hf.adapter_model import model_config_for_adapter
+    from lorakit.hf.hub import local_adapter
     from lorakit.hf.models import load_model
     from lorakit.hf.quiet import quiet_transformers
 
     weights = check_options(args)
-    adapters, out = [Path(a) for a in args.adapters], Path(args.out)
+    adapters, out = [local_adapter(a) for a in args.adapters], Path(args.out)  # Hub ids: their snapshots
     if args.base is None:
         check_same_base(adapters)
     base_path = base_for_adapter(adapters[0], args.base, "combine")

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import lorakit
     from lorakit.cli.train import reparse
     from lorakit.hf.models import load_model
+    from lorakit.hf.paths import resolve_model_path
     from lorakit.hf.quiet import quiet_transformers
     from lorakit.hf.tokenizer import load_tokenizer
     from lorakit.train.config import load_config
@@ -70,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
         what = f"{cfg.training.method} run's {WEIGHTS_FILE}" if weights else "adapter"
         raise ConfigError(f"no {what} in {adapter}; train first, pass --adapter DIR, or --adapter none")
     quiet_transformers()
-    tokenizer = load_tokenizer(Path(cfg.model.path))
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.revision)
+    tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
     train_set, val_set, stats = build_datasets(cfg.data, tokenizer)
     task = TASKS[cfg.model.task]
     examples = [task.prepare(e) for e in (train_set if args.data else val_set)]
     if not examples:
         raise ConfigError("the run has no validation data (data.validation_file / validation_split); pass --data FILE")
     torch.manual_seed(cfg.training.seed)
-    model = load_model(cfg.model, Path(cfg.model.path), stats["labels"], tokenizer.pad_token_id)
+    model = load_model(cfg.model, model_dir, stats["labels"], tokenizer.pad_token_id)
     if weights:
         load_weights(model, Path(adapter))
     elif adapter != "none":

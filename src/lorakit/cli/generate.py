@@ -14,7 +14,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lorakit.errors import AdapterFileError, ConfigError
 
@@ -43,8 +42,11 @@ class FiniteLogits:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("base", help="local causal-LM directory (config.json, weights, tokenizer) or GGUF file")
-    parser.add_argument("--adapter", help="adapter directory to apply (default: the base model alone)")
+    parser.add_argument("base", help="causal LM: a local directory (config.json, weights, tokenizer), a GGUF file, "
+                        "or a Hub id (org/name) from the HF cache")
+    parser.add_argument("--revision", help="the base's Hub revision (branch, tag or commit)")
+    parser.add_argument("--adapter", help="adapter directory, or a Hub id org/name[@revision], to apply (default: the "
+                        "base model alone)")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare and not args.adapter:
         raise ConfigError("--compare needs --adapter (it prints the base and the adapted outputs)")
     quiet_transformers()
-    path = resolve_model_path(args.base)
+    path = resolve_model_path(args.base, args.revision)
     tokenizer = load_tokenizer(path)
     architecture = architecture_of(path)  # a GGUF's is a family name ("llama"); its task says if it is a causal LM
     if architecture and task_of_checkpoint(path) != "causal-lm" and not architecture.endswith("LMHeadModel"):
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"{path} is not a causal language model ({exc}); lorakit generate needs one") from None
     if args.adapter:
-        lorakit.load_adapter(model, Path(args.adapter))
+        lorakit.load_adapter(model, args.adapter)
         check_finite_adapter(model)
     for prompt in args.prompt:
         text = generate(model, tokenizer, prompt, args)

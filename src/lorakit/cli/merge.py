@@ -35,8 +35,10 @@ from lorakit.errors import MergeError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", nargs="?", default=None,
-                        help="local Hugging Face model directory the adapter was trained on (default: the run's)")
-    parser.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+                        help="the model the adapter was trained on: a local directory, a GGUF file or a Hub id "
+                             "(default: the run's)")
+    parser.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors), or a "
+                        "Hub id org/name[@revision] from the HF cache")
     parser.add_argument("out", help="directory to write the merged model to")
     parser.add_argument("--task", default="auto", choices=["auto", "causal-lm", "seq-cls", "seq2seq", "base"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -55,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.cli.base_model import base_for_adapter, loading_base
     from lorakit.cli.output_dir import check_output, output_directory
     from lorakit.hf.adapter_model import model_config_for_adapter
+    from lorakit.hf.hub import local_adapter
     from lorakit.hf.models import load_model
     from lorakit.hf.quiet import quiet_transformers
     from lorakit.hf.tokenizer import load_tokenizer
 
     quiet_transformers()
-    out, adapter = Path(args.out), Path(args.adapter)
+    out, adapter = Path(args.out), local_adapter(args.adapter)  # a Hub id (org/name[@revision]): its snapshot
     base_path = base_for_adapter(adapter, args.base, "merge")
     check_output(out, args.overwrite, {"the adapter": adapter, "the base model": base_path})
     model_cfg, labels = model_config_for_adapter(adapter, args.task, base_path)

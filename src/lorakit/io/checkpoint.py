@@ -22,6 +22,7 @@ from torch import nn
 from lorakit.adapters import ADAPTER_NAME, adapter_configs, add_adapter, get_config
 from lorakit.config import LoraConfig
 from lorakit.errors import AdapterError, AdapterFileError, ConfigError, LorakitError, TargetError
+from lorakit.hf.hub import local_adapter
 from lorakit.inject import default_targets, lora_layers, trainable_copies
 from lorakit.io import wrapped
 from lorakit.io.adapter_file import AdapterFile
@@ -158,7 +159,7 @@ def read_adapter(path: str | os.PathLike, adapter_name: str = "default", allow_p
     The records (lorakit_fingerprint, lorakit_version, lorakit_weights_sha256, a variant's) come from the weights'
     metadata, or from adapter_config.json in files written before that layout.
     A file whose peft_type a registered variant owns is read by that variant (its config class, its tensor keys)."""
-    directory = resolve_directory(Path(path), adapter_name)
+    directory = resolve_directory(local_adapter(path), adapter_name)  # a Hub id: its snapshot in the HF cache
     config_path = directory / CONFIG_NAME
     try:
         config_bytes = config_path.read_bytes()

@@ -55,13 +55,17 @@ class PreparedAdapter:
 
 
 class AdapterCache:
-    def __init__(self, model: nn.Module, adapter_dir: str | Path, max_resident: int = 8) -> None:
+    def __init__(self, model: nn.Module, adapter_dir: str | Path | None, max_resident: int = 8,
+                 named: dict[str, Path] | None = None) -> None:
+        """`adapter_dir`: a folder of adapters (one sub-folder each; None: none); `named`: adapters the operator named
+        one by one (name -> local folder, e.g. a Hub adapter's snapshot), served beside the folder's."""
         if max_resident < 1:
             raise LorakitError(f"max_resident={max_resident}: at least one adapter must fit")
         self.model = model
-        self.dir = Path(adapter_dir).resolve()
-        if not self.dir.is_dir():
+        self.dir = Path(adapter_dir).resolve() if adapter_dir is not None else None
+        if self.dir is not None and not self.dir.is_dir():
             raise AdapterFileError(f"adapter directory {adapter_dir} does not exist")
+        self.named = {check_name(name): Path(path) for name, path in (named or {}).items()}
         self.max_resident = max_resident
         self.resident: OrderedDict[str, int] = OrderedDict()  # name -> slot, least recently used first
         self._free = list(range(max_resident, 0, -1))
@@ -74,6 +78,10 @@ class AdapterCache:
     def path_of(self, name: str) -> Path:
         """The adapter's directory; refuses any name or symlink that would lead outside the adapter directory."""
         check_name(name)
+        if name in self.named:  # named on the command line by the operator: any folder
+            return self.named[name]
+        if self.dir is None:
+            raise UnknownAdapter(f"no adapter named {name!r}; available: {self.available()[:20]}")
         path = self.dir / name
         if not (path / CONFIG_NAME).is_file():
             raise UnknownAdapter(f"no adapter named {name!r} in the adapter directory; available: "
@@ -83,13 +91,13 @@ class AdapterCache:
         return path
 
     def available(self) -> list[str]:
-        """Adapters on disk (each a sub-directory with an adapter_config.json)."""
-        found = []
-        for entry in self.dir.iterdir():
+        """Adapters named one by one, and those on disk (each a sub-directory with an adapter_config.json)."""
+        found = list(self.named)
+        for entry in self.dir.iterdir() if self.dir is not None else ():
             named = NAME.fullmatch(entry.name) and entry.name != BASE
             if named and (entry / CONFIG_NAME).is_file() and entry.resolve().parent == self.dir:
                 found.append(entry.name)
-        return sorted(found)
+        return sorted(set(found))
 
     def exists(self, name: str) -> bool:
         try:

@@ -24,15 +24,17 @@ class ServeConfig:
     protect_inference: bool = False  # also require the key on /v1/models and the completion endpoints
 
 
-def build(model, tokenizer, adapter_dir: str | Path, config: ServeConfig | None = None):
-    """(app, engine) for a base model (eval mode, frozen) and a directory of adapters. Start with engine.start()."""
+def build(model, tokenizer, adapter_dir: str | Path | None, config: ServeConfig | None = None,
+          named: dict[str, Path] | None = None):
+    """(app, engine) for a base model (eval mode, frozen), a directory of adapters and adapters named one by one
+    (name -> folder). Start with engine.start()."""
     from lorakit.serve.app import Limits, create_app  # FastAPI is an optional dependency
 
     config = config or ServeConfig()
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    cache = AdapterCache(model, adapter_dir, config.max_resident)
+    cache = AdapterCache(model, adapter_dir, config.max_resident, named)
     engine = Engine(model, tokenizer, cache, config.engine)
     limits = Limits(max_request_bytes=config.max_request_bytes, max_tokens=config.max_tokens,
                     default_chat_tokens=min(256, config.max_tokens), max_prompt_tokens=config.max_prompt_tokens)
