@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -33,7 +34,7 @@ def test_defaults_construct_and_name_every_field():
     ({"validation_split": 1.0}, r"data.validation_split=1.0: expected a fraction in \[0, 1\)"),
     ({"validation_split": "0.1"}, "data.validation_split='0.1'"),
     ({"validation_split": 0.1, "validation_file": "v.jsonl"}, "set one of them"),
-    ({"format": "sharegpt"}, r"data.format='sharegpt': expected one of \['auto', 'alpaca', 'chat'"),
+    ({"format": "openai"}, r"data.format='openai': expected one of \['auto', 'alpaca', 'sharegpt', 'chat'"),
     ({"max_seq_len": 0}, "data.max_seq_len=0: expected an integer >= 1"),
     ({"text_field": ""}, "data.text_field='': expected the name of a field"),
     ({"labels": ["only"]}, "expected a list of at least 2 label names"),
@@ -77,23 +78,37 @@ def test_classification_truncation_matches_the_tokenizer(tmp_path):
     assert len(train[1]["input_ids"]) == 6 and train[0]["input_ids"] == tok("a short one")["input_ids"]
 
 
-def test_packing_keeps_every_token_and_every_trained_token(tmp_path):
-    plain, _, _ = build(tmp_path, ALPACA * 3)
-    packed, _, stats = build(tmp_path, ALPACA * 3, packing=True, max_seq_len=16)
-    assert stats["packed"] and stats["truncated"] == 0
-    assert all(len(e["input_ids"]) == 16 for e in packed[:-1]) and 0 < len(packed[-1]["input_ids"]) <= 16
-    assert [t for e in packed for t in e["input_ids"]] == [t for e in plain for t in e["input_ids"]]
-    assert [t for e in packed for t in e["labels"]] == [t for e in plain for t in e["labels"]]
+def test_packing_keeps_each_example_whole_and_every_trained_token(tmp_path):
+    plain, _, _ = build(tmp_path, ALPACA * 3)  # 30, 32 and 47 tokens
+    packed, _, stats = build(tmp_path, ALPACA * 3, packing=True, max_seq_len=64)
+    assert stats["packed"] and stats["truncated"] == 0 and len(packed) == stats["train_examples"] == 6
+    pieces = []
+    for block in packed:
+        assert len(block["input_ids"]) <= 64
+        starts = [i for i, p in enumerate(block["position_ids"]) if p == 0] + [len(block["input_ids"])]
+        pieces += [tuple(block["input_ids"][a:b]) for a, b in itertools.pairwise(starts)]
+    assert sorted(pieces) == sorted(tuple(e["input_ids"]) for e in plain)
     assert stats["trained_tokens"] == sum(len(trained(e)) for e in plain)
 
 
+def test_packing_cuts_long_examples_as_without_packing(tmp_path):
+    limit = 40  # cuts the 47-token example
+    plain, _, _ = build(tmp_path, ALPACA, max_seq_len=limit)
+    packed, _, stats = build(tmp_path, ALPACA, packing=True, max_seq_len=limit)
+    assert sorted(tuple(b["input_ids"]) for b in packed) == sorted(tuple(e["input_ids"]) for e in plain)
+    assert stats["truncated"] == 1
+
+
 def test_pack_is_a_pure_function():
-    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}]
-    assert pack(examples, 2) == [
-        {"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [-100, 2]},
-        {"input_ids": [3, 4], "attention_mask": [1, 1], "labels": [3, -100]},
-        {"input_ids": [5], "attention_mask": [1], "labels": [5]},
+    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    before = [dict(e) for e in examples]
+    assert pack(examples, 5) == [{"input_ids": [1, 2, 3, 4, 5], "attention_mask": [1] * 5,
+                                  "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1]}]
+    assert pack(examples, 4) == [
+        {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [-100, 2, 3], "position_ids": [0, 1, 2]},
+        {"input_ids": [4, 5], "attention_mask": [1, 1], "labels": [-100, 5], "position_ids": [0, 1]},
     ]
+    assert examples == before
 
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path):

@@ -23,10 +23,16 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import torch
+from typing_extensions import NotRequired  # typing.NotRequired is Python 3.11+
 
 from lorakit.errors import ConfigError
-from lorakit.train.data_files import BadRows, DataError, Row, read_rows
-from lorakit.train.data_formats import FORMATS, Classified, Segment, detect_format
+from lorakit.train import token_cache
+from lorakit.train.chat import chat_options, check_chat_config
+from lorakit.train.chat_labels import Encoded
+from lorakit.train.data_files import BadRows, DataError, Row
+from lorakit.train.data_formats import FORMATS, Classified, FieldNames, Segment, detect_format
+from lorakit.train.data_sources import Sources, open_sources
+from lorakit.train.packing import pack_examples, padded_positions
 
 __all__ = ["IGNORE", "DataConfig", "DataError", "DataStats", "build_datasets", "collate", "pack"]
 
@@ -37,12 +43,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
+    # a Hugging Face dataset: a Hub id ("org/name", from the HF cache; HF_HUB_OFFLINE honoured), or a folder
+    # written by Dataset(Dict).save_to_disk; read through the `datasets` library. Its splits fill train_file /
+    # validation_file / test_file (see train_split, validation_name, test_name). None: use train_file
+    path: str | None = None
+    subset: str | None = None  # the dataset's configuration name (datasets' `name`), e.g. "wikitext-2-raw-v1"
+    revision: str | None = None  # a Hub dataset's branch, tag or commit
+    train_split: str = "train"  # split of data.path to train on (also a slice: "train[:1000]")
+    validation_name: str | None = "auto"  # split of data.path to validate on; auto: "validation" or "valid" if any
+    test_name: str | None = None  # split of data.path scored once after training (like test_file)
     train_file: str | None = None  # JSON / JSONL / CSV / TSV / Parquet file; None: the demo's Rotten Tomatoes
     validation_file: str | None = None  # same formats; None: validation_split of train_file, or no validation
     validation_split: float = 0.0  # fraction of train_file held out for validation (seeded shuffle); 0: none
     # scored once, with the final weights, after training (summary "test_eval"); never used to pick anything
     test_file: str | None = None
-    # auto (from the first row's fields) | alpaca | chat | prompt_completion | text | classification
+    # auto (from the first row's fields) | alpaca | sharegpt | chat | prompt_completion | text | classification
     format: str = "auto"
     text_field: str = "text"  # text, classification
     text_pair_field: str = "text_pair"  # classification: optional second text (sentence pairs)
@@ -53,14 +68,28 @@ class DataConfig:
     prompt_field: str = "prompt"  # prompt_completion: not trained
     completion_field: str = "completion"  # prompt_completion: trained
     messages_field: str = "messages"  # chat: a list of {"role", "content"}; assistant turns are trained
+    role_key: str = "role"  # chat: the key of a message's role (ShareGPT: "from")
+    content_key: str = "content"  # chat: the key of a message's text (ShareGPT: "value")
+    # chat: source role name -> system | user | assistant | tool (ShareGPT's human / gpt are mapped by default)
+    role_map: dict[str, str] | None = None
+    # chat: a Jinja chat template (the text, or a path to a .jinja file) used instead of the tokenizer's own
+    chat_template: str | None = None
     max_seq_len: int = 512  # tokens per example; longer ones are cut at the end (counted in stats["truncated"])
-    packing: bool = False  # causal LM: concatenate examples and cut into blocks of max_seq_len (no padding)
+    # causal LM: several whole examples per block of max_seq_len tokens, kept apart (own positions, no attention
+    # or loss across them), so the loss is the same as without packing, with less padding
+    packing: bool = False
     skip_bad_rows: bool = False  # skip (and count) malformed rows instead of stopping at the first
+    # keep the tokenized examples between runs (needs `datasets`; train/token_cache.py): the same data, tokenizer and
+    # data settings are read back instead of tokenized again
+    cache_tokenized: bool = True
     labels: list[str] | None = None  # classification label names, in index order; None: sorted, from train_file
     seed: int = 0  # seeds the validation_split shuffle
 
     def __post_init__(self) -> None:
-        for name in ("train_file", "validation_file", "test_file"):
+        if self.path is not None and self.train_file is not None:
+            raise ConfigError(f"data.path={self.path!r} and data.train_file={self.train_file!r}: set one of them "
+                              "(data.path for a Hub dataset or a datasets folder, train_file for a local file)")
+        for name in ("train_file", "validation_file", "test_file", "path"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"data.{name}={value!r}: expected a file path or null")
@@ -81,6 +110,7 @@ class DataConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"data.{name}={value!r}: expected an integer >= {least}")
+        check_chat_config(self.role_key, self.content_key, self.role_map, self.chat_template)
         if self.packing and self.format == "classification":
             raise ConfigError("data.packing=true applies to language-model formats, not classification; "
                               "set data.packing=false")
@@ -93,9 +123,11 @@ class DataConfig:
             if repeated:
                 raise ConfigError(f"data.labels={self.labels!r}: {repeated} appear more than once")
 
-    def field_names(self) -> dict[str, str]:
-        """role -> the column that holds it, e.g. {"text": "sentence", "label": "label", ...}."""
-        return {role: getattr(self, f"{role}_field") for role in ROLES}
+    def field_names(self) -> FieldNames:
+        """role -> the column that holds it, e.g. {"text": "sentence", "label": "label", ...}; its .chat says how
+        chat messages are read and rendered (keys, role_map, chat_template, a template file read here)."""
+        chat = chat_options(self.role_key, self.content_key, self.role_map, self.chat_template)
+        return FieldNames({role: getattr(self, f"{role}_field") for role in ROLES}, chat)
 
 
 class DataStats(TypedDict):
@@ -113,22 +145,39 @@ class DataStats(TypedDict):
     validation_examples: int
     trained_tokens: int  # train tokens that carry loss (labels != IGNORE); classification: 0
     packed: bool
+    cache: NotRequired[str]  # the tokenized-data cache: hit (read back) | stored (tokenized, then kept) | off
 
 
 def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[dict], DataStats]:
-    """(train examples, validation examples, stats) from cfg's files. The validation list is empty when
-    neither validation_file nor validation_split is set."""
-    if cfg.train_file is None:
-        raise DataError("data.train_file is not set; name a JSON / JSONL / CSV / TSV / Parquet file")
+    """(train examples, validation examples, stats) from cfg's files or dataset (data_sources.py). The validation
+    list is empty when the run has no validation data. Read from the tokenized-data cache when the same data,
+    tokenizer and settings were encoded before (token_cache.py); stats["cache"] says which."""
+    sources = open_sources(cfg)
+    key = token_cache.cache_key(cfg, tokenizer, sources.identity()) if token_cache.enabled(cfg) else None
+    cached = token_cache.load(key) if key else None
+    if cached is not None:
+        train, val, stats = cached
+        stats["cache"] = "hit"
+        _warn(DataStats(**stats), cfg)  # what the encoding found is said again
+        return train, val, DataStats(**stats)
+    train, val, stats = _build(cfg, tokenizer, sources)
+    if key:
+        token_cache.save(key, train, val, {**stats, "cache": "stored"})
+    stats["cache"] = "stored" if key else "off"
+    return train, val, stats
+
+
+def _build(cfg: DataConfig, tokenizer: Any, sources: Sources) -> tuple[list[dict], list[dict], DataStats]:
     names, bad = cfg.field_names(), BadRows(skip=cfg.skip_bad_rows)
-    train_rows = read_rows(cfg.train_file, bad)
-    val_rows = read_rows(cfg.validation_file, bad) if cfg.validation_file else []
+    source = sources.name
+    train_rows = sources.rows("train", bad)
+    val_rows = sources.rows("validation", bad)
     if not train_rows:
-        raise DataError(f"{cfg.train_file}: every row is bad ({bad.count} skipped); first: {bad.messages[0]}")
+        raise DataError(f"{source}: every row is bad ({bad.count} skipped); first: {bad.messages[0]}")
     fmt = cfg.format if cfg.format != "auto" else detect_format(train_rows[0], names)
     spec = FORMATS[fmt]
     if cfg.packing and not spec.causal:
-        raise DataError(f"{cfg.train_file}: data.packing=true applies to language-model formats, and this file "
+        raise DataError(f"{source}: data.packing=true applies to language-model formats, and this file "
                         f"is {fmt}; set data.packing=false")
     train_items = _render(train_rows, fmt, names, tokenizer, bad)
     val_items = _render(val_rows, fmt, names, tokenizer, bad)
@@ -141,17 +190,17 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[di
     else:
         stats["labels"] = labels = cfg.labels or infer_labels([item for _, item in train_items])
         if len(labels) < 2:  # a 1-class head has nothing to learn: its loss is 0 from the first step
-            raise DataError(f"{cfg.train_file}: every row has the label {labels[0]!r}; classification needs at least "
+            raise DataError(f"{source}: every row has the label {labels[0]!r}; classification needs at least "
                             "2 labels. Add rows of the other labels, or list every label in data.labels")
         index = {label: i for i, label in enumerate(labels)}
-        source = "data.labels" if cfg.labels else f"the labels found in {cfg.train_file}"
-        train, val = (_classify_all(items, index, source, tokenizer, cfg, stats, bad)
+        label_source = "data.labels" if cfg.labels else f"the labels found in {source}"
+        train, val = (_classify_all(items, index, label_source, tokenizer, cfg, stats, bad)
                       for items in (train_items, val_items))
     if not train:
-        raise DataError(f"{cfg.train_file}: no usable example ({stats['dropped']} dropped: nothing to train on "
+        raise DataError(f"{source}: no usable example ({stats['dropped']} dropped: nothing to train on "
                         f"within max_seq_len={cfg.max_seq_len}; {bad.count} bad rows skipped)")
     if cfg.validation_split > 0:
-        train, val = split_validation(train, cfg.validation_split, cfg.seed, cfg.train_file)
+        train, val = split_validation(train, cfg.validation_split, cfg.seed, source)
     if cfg.packing:
         train, val = pack(train, cfg.max_seq_len), pack(val, cfg.max_seq_len)
     stats.update(bad_rows=bad.count, bad_row_examples=list(bad.messages), train_examples=len(train),
@@ -164,9 +213,12 @@ def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[list[dict], list[di
 def build_test_set(cfg: DataConfig, tokenizer: Any, stats: DataStats) -> list[dict]:
     """The examples of cfg.test_file (empty when unset), encoded like the validation set: the training data's
     format and labels, never packed."""
-    if cfg.test_file is None:
+    if cfg.test_file is None and not (cfg.path and cfg.test_name):
         return []
+    from_file = cfg.test_file is not None  # a test file wins over data.path's test split
     test_cfg = dataclasses.replace(cfg, train_file=cfg.test_file, validation_file=None, validation_split=0.0,
+                                   path=None if from_file else cfg.path, train_split=cfg.train_split if from_file
+                                   else cfg.test_name, validation_name=None, test_name=None,
                                    test_file=None, format=stats["format"], labels=stats["labels"] or cfg.labels,
                                    packing=False)
     examples, _, _ = build_datasets(test_cfg, tokenizer)
@@ -211,9 +263,13 @@ def encode_segments(segments: Sequence[Segment], tokenizer: Any,
 def _encode_all(items: list[tuple[Row, Any]], tokenizer: Any, prefix: list[int], cfg: DataConfig,
                 stats: DataStats) -> list[dict]:
     examples = []
-    for _, segments in items:
-        ids, labels = encode_segments(segments, tokenizer, prefix)
-        if not cfg.packing and len(ids) > cfg.max_seq_len:  # packing cuts long examples across blocks instead
+    for _, item in items:
+        if isinstance(item, Encoded):  # a chat template's tokens: it wrote its own special tokens, so no prefix
+            ids = list(item.input_ids)
+            labels = [t if on else IGNORE for t, on in zip(ids, item.trained, strict=True)]
+        else:
+            ids, labels = encode_segments(item, tokenizer, prefix)
+        if len(ids) > cfg.max_seq_len:  # packed or not, an example is cut to max_seq_len (packing keeps it whole)
             ids, labels = ids[:cfg.max_seq_len], labels[:cfg.max_seq_len]
             stats["truncated"] += 1
             if all(t == IGNORE for t in labels):
@@ -262,18 +318,17 @@ def split_validation(examples: list[dict], fraction: float, seed: int, source: s
 
 
 def pack(examples: Sequence[Mapping[str, Sequence[int]]], block: int) -> list[dict]:
-    """Concatenate causal-LM examples (in order) and cut the stream into blocks of `block` tokens; the last
-    block may be shorter. Labels travel with their tokens, so exactly the same tokens carry loss. Attention
-    is not masked between examples sharing a block; the EOS that ends each response separates them."""
-    ids = [t for e in examples for t in e["input_ids"]]
-    labels = [t for e in examples for t in e["labels"]]
-    return [{"input_ids": ids[i:i + block], "attention_mask": [1] * len(ids[i:i + block]),
-             "labels": labels[i:i + block]} for i in range(0, len(ids), block)]
+    """Whole causal-LM examples packed (best-fit) into blocks of at most `block` tokens, with no padding inside a
+    block and no cross-talk: each block also has "position_ids" that restart at 0 at every example, and the first
+    label of each example is IGNORE, so with tasks.CausalLM every example's loss is the one it has alone
+    (train/packing.py). Examples longer than `block` are cut at the end (and left out if no trained token is left)."""
+    return pack_examples(examples, block).blocks
 
 
 def collate(examples: Sequence[Mapping[str, Any]], pad_token_id: int | None) -> dict[str, torch.Tensor]:
     """Pad to the longest example of the batch (on the right) and stack: input_ids with pad_token_id,
-    attention_mask with 0, labels with IGNORE; a classification "label" becomes a (batch,) tensor."""
+    attention_mask with 0, labels with IGNORE, packed blocks' position_ids by counting on (padded_positions);
+    a classification "label" becomes a (batch,) tensor."""
     if not examples:
         raise ValueError("collate needs at least one example")
     longest = max(len(e["input_ids"]) for e in examples)
@@ -287,6 +342,8 @@ def collate(examples: Sequence[Mapping[str, Any]], pad_token_id: int | None) -> 
     for key, pad in pads.items():
         if key in examples[0]:
             batch[key] = torch.tensor([list(e[key]) + [pad] * (longest - len(e[key])) for e in examples])
+    if "position_ids" in examples[0]:
+        batch["position_ids"] = torch.tensor([padded_positions(e["position_ids"], longest) for e in examples])
     if "label" in examples[0]:
         batch["label"] = torch.tensor([int(e["label"]) for e in examples])
     return batch
@@ -296,7 +353,7 @@ def _warn(stats: DataStats, cfg: DataConfig) -> None:
     if stats["bad_rows"]:
         log.warning("skipped %d bad rows (data.skip_bad_rows=true); first: %s", stats["bad_rows"],
                     stats["bad_row_examples"][0])
-    if stats["truncated"] and not cfg.packing:
+    if stats["truncated"]:
         log.warning("%d examples were longer than data.max_seq_len=%d and were cut at the end%s",
                     stats["truncated"], cfg.max_seq_len,
                     f"; {stats['dropped']} lost every trained token and were dropped" if stats["dropped"] else "")

@@ -1,11 +1,13 @@
 """The row formats: what fields each needs, and how a row becomes text segments to tokenize.
 
 A causal-LM row renders to Segments, (text, trained) pieces in order: the loss covers only the trained ones,
-and a trained piece with eos=True is followed by the tokenizer's EOS token. A classification row renders to
-a Classified (text, optional text_pair, label name). Field names below are the defaults; DataConfig renames
-them (e.g. text_field="sentence").
+and a trained piece with eos=True is followed by the tokenizer's EOS token. A conversation rendered by a chat
+template is tokenized at once instead, to an Encoded (ids, and which carry loss; see chat_labels.py). A
+classification row renders to a Classified (text, optional text_pair, label name). Field names below are the
+defaults; DataConfig renames them (e.g. text_field="sentence"; chat message keys: role_key, content_key).
 
 alpaca             {"instruction", "input" (optional), "output"}     prompt: ALPACA_PROMPT / ALPACA_PROMPT_NO_INPUT
+sharegpt           {"conversations": [{"from", "value"}, ...]}       loss on the assistant (gpt) turns only
 chat               {"messages": [{"role", "content"}, ...]}          loss on the assistant turns only
 prompt_completion  {"prompt", "completion"}                          loss on the completion
 text               {"text"}                                          loss on every token
@@ -19,8 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lorakit.prompts import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, CHAT_HEADER, CHAT_ROLES
+from lorakit.prompts import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, CHAT_HEADER
+from lorakit.train.chat import ChatOptions
+from lorakit.train.chat_labels import Encoded, encode_chat
 from lorakit.train.data_files import DataError, Row, preview
+
+FIXED_COLUMNS = {"conversations": "conversations"}  # ShareGPT's column (format=chat reads any column)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,8 @@ class Classified:
 @dataclass(frozen=True)
 class Format:
     needs: tuple[str, ...]  # roles a row must have (role -> column name via DataConfig)
-    render: Callable[[Row, dict[str, str], Any], Any]  # (row, role -> column, tokenizer) -> Segments | Classified
+    # (row, role -> column, tokenizer) -> Segments | Encoded | Classified
+    render: Callable[[Row, dict[str, str], Any], Any]
     causal: bool = True  # False: classification
 
 
@@ -97,10 +104,26 @@ def render_classification(row: Row, names: dict[str, str], tokenizer: Any) -> Cl
     return Classified(text, pair, label)
 
 
-def render_chat(row: Row, names: dict[str, str], tokenizer: Any) -> list[Segment]:
-    messages = chat_messages(row, names)
-    if getattr(tokenizer, "chat_template", None):
-        return _chat_with_template(row, messages, tokenizer)
+def render_chat(row: Row, names: dict[str, str], tokenizer: Any) -> list[Segment] | Encoded:
+    return _render_conversation(row, names, tokenizer, sharegpt=False)
+
+
+def render_sharegpt(row: Row, names: dict[str, str], tokenizer: Any) -> list[Segment] | Encoded:
+    return _render_conversation(row, names, tokenizer, sharegpt=True)
+
+
+def _render_conversation(row: Row, names: dict[str, str], tokenizer: Any, sharegpt: bool) -> list[Segment] | Encoded:
+    """With a chat template (data.chat_template, else the tokenizer's): the whole conversation rendered and
+    tokenized once, labelled on the assistant turns (chat_labels.py). Without one: lorakit's layout below."""
+    options = getattr(names, "chat", None) or ChatOptions()
+    messages = chat_messages(row, names, options, sharegpt)
+    if options.template or getattr(tokenizer, "chat_template", None):
+        return encode_chat(messages, tokenizer, options.template, options.template_source, row.where)
+    return default_chat_layout(messages)
+
+
+def default_chat_layout(messages: list[dict[str, str]]) -> list[Segment]:
+    """Each turn is CHAT_HEADER + content + newline; an assistant turn's content, newline and EOS are trained."""
     segments = []
     for message in messages:
         header = CHAT_HEADER.format(role=message["role"])
@@ -111,75 +134,63 @@ def render_chat(row: Row, names: dict[str, str], tokenizer: Any) -> list[Segment
     return segments
 
 
-def _chat_with_template(row: Row, messages: list[dict[str, str]], tokenizer: Any) -> list[Segment]:
-    """The tokenizer's own chat template, one turn at a time: turn i is the text that rendering messages[:i+1]
-    adds to rendering messages[:i]. For an assistant turn, the generation prompt (its header) is untrained and
-    the rest (content and the template's end-of-turn marker) is trained."""
-
-    def render(upto: int, generation_prompt: bool = False) -> str:
-        if upto == 0:
-            return ""
-        return tokenizer.apply_chat_template(messages[:upto], tokenize=False,
-                                             add_generation_prompt=generation_prompt)
-
-    segments, done = [], ""
-    for i, message in enumerate(messages):
-        full = render(i + 1)
-        if message["role"] == "assistant":
-            header = render(i, generation_prompt=True) if i else ""  # an opening assistant turn: all trained
-            if not (header.startswith(done) and full.startswith(header)):
-                raise _unstable_template(row)
-            segments += [Segment(header[len(done):], False), Segment(full[len(header):], True)]
-        else:
-            if not full.startswith(done):
-                raise _unstable_template(row)
-            segments.append(Segment(full[len(done):], False))
-        done = full
-    return [s for s in segments if s.text]
-
-
-def _unstable_template(row: Row) -> DataError:
-    return DataError(f"{row.where}: the tokenizer's chat_template does not render this conversation turn by turn "
-                     "(an earlier turn's text changes when a later turn is added), so the assistant turns cannot "
-                     "be masked; use format=prompt_completion, or clear tokenizer.chat_template to use lorakit's "
-                     "default chat layout")
-
-
-def chat_messages(row: Row, names: dict[str, str]) -> list[dict[str, str]]:
-    column = names["messages"]
+def chat_messages(row: Row, names: dict[str, str], options: ChatOptions | None = None,
+                  sharegpt: bool = False) -> list[dict[str, str]]:
+    """The row's messages as [{"role", "content"}] with lorakit's role names (data.role_map applied)."""
+    options = options or ChatOptions()
+    fmt = "sharegpt" if sharegpt else "chat"
+    column = names[FORMATS[fmt].needs[0]]
+    role_keys, content_keys = options.keys(sharegpt)
+    shape = f"{{{role_keys[0]}, {content_keys[0]}}}"
     messages = row.fields.get(column)
     if messages is None:
-        raise DataError(f"{row.where}: missing field '{column}' {_needs('chat', names)}")
+        raise DataError(f"{row.where}: missing field '{column}' {_needs(fmt, names)}")
     if isinstance(messages, str):  # CSV cells hold JSON text
         try:
             messages = json.loads(messages)
         except json.JSONDecodeError:
-            raise DataError(f"{row.where}: field '{column}' should be a list of {{role, content}} messages, "
+            raise DataError(f"{row.where}: field '{column}' should be a list of {shape} messages, "
                             f"got text that is not JSON {preview(messages)}") from None
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{row.where}: field '{column}' should be a non-empty list of {{role, content}} "
+        raise DataError(f"{row.where}: field '{column}' should be a non-empty list of {shape} "
                         f"messages, got {type(messages).__name__} {preview(messages)}")
+    roles, out = options.roles, []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
-            raise DataError(f"{row.where}: {column}[{i}] should be an object with text fields 'role' and "
-                            f"'content', got {preview(message)}")
-        if message["role"] not in CHAT_ROLES:
-            raise DataError(f"{row.where}: {column}[{i}] has role {message['role']!r}; "
-                            f"expected one of {list(CHAT_ROLES)}")
-    if not any(m["role"] == "assistant" for m in messages):
+        role_key = next((k for k in role_keys if isinstance(message, dict) and k in message), role_keys[0])
+        content_key = next((k for k in content_keys if isinstance(message, dict) and k in message), content_keys[0])
+        if not isinstance(message, dict) or not isinstance(message.get(role_key), str) \
+                or not isinstance(message.get(content_key), str):
+            raise DataError(f"{row.where}: {column}[{i}] should be an object with text fields '{role_key}' and "
+                            f"'{content_key}', got {preview(message)}")
+        role = message[role_key]
+        if role not in roles:
+            renamed = {name: to for name, to in roles.items() if name != to}
+            raise DataError(f"{row.where}: {column}[{i}] has role {role!r}; expected one of {sorted(roles)} "
+                            f"(renamed: {renamed}); add it to data.role_map, e.g. {{{role}: assistant}}")
+        out.append({"role": roles[role], "content": message[content_key]})
+    if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{row.where}: field '{column}' has no assistant message, so nothing to learn from")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return out
+
+
+class FieldNames(dict[str, str]):
+    """role -> the column that holds it (DataConfig's *_field values, plus the fixed ShareGPT column), and
+    .chat: how chat messages are read and rendered."""
+
+    def __init__(self, columns: dict[str, str], chat: ChatOptions | None = None) -> None:
+        super().__init__({**FIXED_COLUMNS, **columns})
+        self.chat = chat or ChatOptions()
 
 
 FORMATS: dict[str, Format] = {
     "alpaca": Format(("instruction", "output"), render_alpaca),
+    "sharegpt": Format(("conversations",), render_sharegpt),
     "chat": Format(("messages",), render_chat),
     "prompt_completion": Format(("prompt", "completion"), render_prompt_completion),
     "text": Format(("text",), render_text),
     "classification": Format(("text", "label"), render_classification, causal=False),
 }
-DETECTION_ORDER = ("chat", "alpaca", "prompt_completion", "classification", "text")  # most specific first
+DETECTION_ORDER = ("sharegpt", "chat", "alpaca", "prompt_completion", "classification", "text")  # most specific first
 
 
 def detect_format(row: Row, names: dict[str, str]) -> str:

@@ -13,8 +13,10 @@ from lorakit.demo.settings import demo_data_files
 from lorakit.errors import ConfigError
 from lorakit.hf.classifier import head_modules
 from lorakit.hf.config import TASK_TYPES
-from lorakit.hf.paths import resolve_model_path
+from lorakit.hf.paths import is_hub_id, resolve_model_path
+from lorakit.train.chat import is_template_text
 from lorakit.train.config import TrainConfig
+from lorakit.train.hf_datasets import is_data_file
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -23,21 +25,30 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     Rotten Tomatoes split by movie (its validation and test splits fill validation_file and test_file when those are
     unset), which goes with the demo's model (model.path=null)."""
     cfg = copy.deepcopy(cfg)
-    if cfg.data.train_file is None:
+    if cfg.data.path is not None and is_data_file(cfg.data.path):  # one local file: lorakit's own readers
+        cfg.data.train_file, cfg.data.path = cfg.data.path, None
+    if cfg.data.path is not None and Path(cfg.data.path).expanduser().exists():  # a local folder; else a Hub id
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    if cfg.data.train_file is None and cfg.data.path is None:
         if cfg.model.path is not None:
-            raise ConfigError("data.train_file is not set; name a JSON / JSONL / CSV / Parquet file "
-                              "(null means the demo's Rotten Tomatoes reviews, used with model.path=null)")
+            raise ConfigError("data.train_file is not set: name a JSON / JSONL / CSV / Parquet file, or set data.path "
+                              "(a Hub dataset id or a datasets folder); both null mean the demo's Rotten Tomatoes "
+                              "reviews, used with model.path=null")
         files = demo_data_files()
         cfg.data.train_file = files["train"]
         if cfg.data.validation_file is None and not cfg.data.validation_split:
             cfg.data.validation_file = files["validation"]
         if cfg.data.test_file is None:
             cfg.data.test_file = files["test"]
-    cfg.model.path = str(resolve_model_path(cfg.model.path).resolve())
+    local = resolve_model_path(cfg.model.path, cfg.model.revision)  # checked now; a Hub id stays an id
+    cfg.model.path = cfg.model.path if is_hub_id(cfg.model.path) else str(local.resolve())
     for name in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, name)
         if value is not None:
             setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
+    template = cfg.data.chat_template
+    if template is not None and not is_template_text(template):  # a file: absolute, as the data files
+        cfg.data.chat_template = str(Path(template).expanduser().resolve())
     return cfg
 
 

@@ -47,9 +47,14 @@ class Task:
         logits, targets = self.logits_and_targets(model, batch)
         return cross_entropy_sum(logits, targets, ignore_index=IGNORE)
 
+    def check_packing(self, model: nn.Module) -> None:
+        """Raise ConfigError unless this task can train `model` on packed blocks (data.packing=true)."""
+        raise ConfigError(f"data.packing=true applies to model.task=causal-lm, not {self.name}; set data.packing=false")
+
 
 class CausalLM(Task):
-    """Next-token prediction; position t predicts token t+1; labels IGNORE (prompt, padding) carry no loss."""
+    """Next-token prediction; position t predicts token t+1; labels IGNORE (prompt, padding) carry no loss. A packed
+    batch (with "position_ids") holds several examples per row, each with its own loss (train/packing.py)."""
 
     name = "causal-lm"
 
@@ -57,10 +62,55 @@ class CausalLM(Task):
         return sum(1 for t in _tokens_of(example, "labels")[1:] if t != IGNORE)
 
     def logits_and_targets(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # targets shifted left, the last position ignored: the logits are used as they are, never copied
-        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
-        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (b*s, V), (b*s,)
+        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (b, s)
+        if "position_ids" not in batch:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        elif not flattens_packed_rows(model):
+            # packed blocks (train/packing.py): no attention_mask and no cache, so that transformers reads the
+            # position restarts as example boundaries and masks attention across them; padding is on the right,
+            # never attended by real tokens, and its labels are IGNORE
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        else:  # flash attention finds the restarts in one row only: the real tokens of every block in one row
+            keep = batch["attention_mask"].bool()
+            logits = model(input_ids=batch["input_ids"][keep][None], position_ids=batch["position_ids"][keep][None],
+                           use_cache=False).logits  # (1, real tokens, V)
+            targets = targets[keep]  # each block's last target is IGNORE: nothing crosses from one to the next
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (tokens, V), (tokens,)
+
+    def check_packing(self, model: nn.Module) -> None:
+        """Refuse data.packing=true for a model that lets the examples of a block see each other: one whose
+        attention ignores the position restarts (ALiBi models such as Bloom, custom attention) or that carries a
+        state along the sequence (Mamba). The probe: the same example after two different ones in a block must
+        get the same logits."""
+        device = next(model.parameters()).device
+        probe = [9, 10, 11]
+        ids = torch.tensor([[1, 2, 3, 4, *probe], [5, 6, 7, 8, *probe]], device=device)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, IGNORE),
+                 "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1, 2]] * 2, device=device)}
+        was_training = model.training
+        model.eval()  # no dropout
+        try:
+            with torch.no_grad():
+                logits = self.logits_and_targets(model, batch)[0].float().view(2, 7, -1)[:, 4:]  # (2, probe, V)
+        except TypeError as exc:  # a forward without position_ids / use_cache (custom code)
+            raise ConfigError(f"data.packing=true needs a model that takes position_ids; {type(model).__name__} "
+                              f"does not ({exc}); set data.packing=false") from None
+        finally:
+            model.train(was_training)
+        gap = (logits[0] - logits[1]).abs().max().item()
+        if not gap <= 1e-5 * (1.0 + logits.abs().max().item()):  # isolated: the same numbers (masked keys add 0)
+            raise ConfigError(f"data.packing=true: {type(model).__name__} lets the examples packed in a block see "
+                              f"each other (an example's logits moved by {gap:.2g} when the one before it changed); "
+                              "set data.packing=false")
+
+
+def flattens_packed_rows(model: nn.Module) -> bool:
+    """Whether packed blocks go to `model` as one row: flash attention reads the position restarts only when the
+    batch is a single row (transformers' _is_packed_sequence); sdpa and eager read them in every row, and one long
+    row would make their attention quadratic in the whole batch's length."""
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP / FSDP wrap the model in .module
+    return "flash" in str(getattr(config, "_attn_implementation", None) or "")
 
 
 class Seq2Seq(Task):
