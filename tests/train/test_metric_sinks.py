@@ -1,11 +1,10 @@
-"""TensorBoard and MLflow sinks, when asked for: they receive the same numbers as metrics.jsonl; one that is
-missing is a one-line error at start, before anything is written."""
+"""The older switch output.tensorboard=true still works: TensorBoard receives the same numbers as metrics.jsonl;
+missing, it is a one-line error at start, before anything is written. (output.report_to, MLflow and W&B:
+test_trackers.py.)"""
 
 from __future__ import annotations
 
-import importlib.machinery
 import sys
-import types
 
 import pytest
 
@@ -39,37 +38,3 @@ def test_tensorboard_true_but_missing_is_an_error_at_start(tmp_path, capsys, mon
     assert main(["train", str(config), "output.tensorboard=yes"]) == 2
     assert "pip install tensorboard" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
-
-
-class FakeMlflow(types.ModuleType):
-    """Records what the run sends to MLflow."""
-
-    def __init__(self) -> None:
-        super().__init__("mlflow")
-        self.__spec__ = importlib.machinery.ModuleSpec("mlflow", None)
-        self.calls: list[tuple] = []
-
-    def start_run(self):
-        self.calls.append(("start_run",))
-
-    def log_params(self, params):
-        self.calls.append(("log_params", params))
-
-    def log_metrics(self, metrics, step):
-        self.calls.append(("log_metrics", step, metrics))
-
-    def end_run(self):
-        self.calls.append(("end_run",))
-
-
-def test_mlflow_true_logs_params_and_the_metrics(tmp_path, monkeypatch):
-    fake = FakeMlflow()
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    config = make_run(tmp_path, "causal", training={"max_steps": 2})
-    assert main(["train", str(config), "output.mlflow=on"]) == 0
-    assert fake.calls[0] == ("start_run",) and fake.calls[-1] == ("end_run",)
-    assert fake.calls[1][0] == "log_params" and fake.calls[1][1]["lora.r"] == "4"
-    sent = [(step, m["train_loss"]) for name, step, m in (c for c in fake.calls if c[0] == "log_metrics")
-            if "train_loss" in m]
-    records = read_metrics(tmp_path / "out" / "metrics.jsonl")
-    assert sent == [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]

@@ -3,13 +3,16 @@ optional sinks that are asked for but missing are clear errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
+import sys
 
 import pytest
 
 from lorakit.errors import ConfigError
-from lorakit.train.metrics import MetricsLogger, read_metrics, truncate_after
+from lorakit.train.config import load_config
+from lorakit.train.metrics import MetricsLogger, check_sinks, read_metrics, truncate_after
+from lorakit.train.trackers import TRACKERS, TrackerKind
 
 
 def test_a_line_cut_by_a_kill_is_ignored(tmp_path):
@@ -19,7 +22,7 @@ def test_a_line_cut_by_a_kill_is_ignored(tmp_path):
 
 
 def test_truncate_after_keeps_the_steps_a_resumed_run_will_not_redo(tmp_path):
-    logger = MetricsLogger(tmp_path, enabled=True, tensorboard="false")
+    logger = MetricsLogger(tmp_path, enabled=True)
     for step in (1, 2, 3, 4):
         logger.log(step, "train", {"loss": 1.0 / step, "grad_norm": None})
     logger.log(4, "eval", {"loss": float("nan")})
@@ -37,13 +40,37 @@ def test_other_processes_write_nothing(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_tensorboard_asked_for_but_missing(tmp_path):
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        MetricsLogger(tmp_path, enabled=True, tensorboard="true")
+@pytest.mark.parametrize(("overrides", "missing", "hint"), [
+    (["output.tensorboard=true"], "tensorboard", "pip install tensorboard, or set output.tensorboard=auto"),
+    (["output.mlflow=true"], "mlflow", "pip install mlflow"),
+    (["output.report_to=[wandb]"], "wandb", "pip install wandb, or remove wandb from output.report_to"),
+])
+def test_a_tracker_asked_for_but_missing(monkeypatch, overrides, missing, hint):
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails as when not installed
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        check_sinks(load_config(None, overrides, base="").output)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
-def test_mlflow_asked_for_but_missing(tmp_path):
-    with pytest.raises(ConfigError, match="pip install mlflow"):
-        MetricsLogger(tmp_path, enabled=True, tensorboard="false", mlflow=True)
+def test_every_record_reaches_every_tracker(tmp_path, monkeypatch):
+    seen = []
+
+    class Recorder:
+        where = "a recorder"
+
+        def __init__(self, run):
+            seen.append(("start", run.name))
+
+        def log(self, step, kind, numbers):
+            seen.append((step, kind, numbers))
+
+        def close(self, failed):
+            seen.append(("close", failed))
+
+    monkeypatch.setitem(TRACKERS, "wandb", TrackerKind(("wandb",), "pip install wandb", Recorder))
+    logger = MetricsLogger(tmp_path, enabled=True, trackers=["wandb"], run_name="r1")
+    logger.log(1, "train", {"loss": 0.5, "lr": 1e-3, "grad_norm": None, "epoch": 0})
+    logger.log(1, "eval", {"loss": float("nan"), "accuracy": 0.75})
+    logger.close()
+    # numbers only (None and NaN, written to the file as null and "nan", are not numbers), as floats
+    assert seen == [("start", "r1"), (1, "train", {"loss": 0.5, "lr": 1e-3, "epoch": 0.0}),
+                    (1, "eval", {"accuracy": 0.75}), ("close", False)]

@@ -12,7 +12,9 @@ examples:
 Without CONFIG, trains the demo's LoRA run: all-MiniLM-L6-v2 on Rotten Tomatoes reviews (`lorakit demo` also
 runs the linear probe and full fine-tuning). Sections: model, lora (every LoraConfig field), data, training,
 output; configs/*.yaml comment every setting. The output directory receives the adapter (PEFT format),
-train_config.yaml (the resolved config), metrics.jsonl, curves.png, summary.json, best/ and checkpoints/.
+train_config.yaml (the resolved config), metrics.jsonl, curves.png, spectrum.png, summary.json, best/ and
+checkpoints/; output.report_to=tensorboard,mlflow,wandb also sends the metrics to those trackers. Before step 1 the
+run prints a summary (data, steps, parameters, changed settings), then one line per evaluation.
 A start that fails or is refused leaves the output directory as it was; output.overwrite=true keeps the old run
 until the new one has saved an adapter or a checkpoint; --resume on a finished run does nothing. With --nproc N,
 the start-up checks run once, before torchrun starts the workers.

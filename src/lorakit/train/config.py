@@ -23,6 +23,7 @@ from lorakit.errors import ConfigError
 from lorakit.hf.config import ModelConfig, check_choice  # the `model:` section; lives with the loading code
 from lorakit.train.data import DataConfig
 from lorakit.train.methods import METHODS, check_method
+from lorakit.train.trackers import TRACKERS  # what output.report_to may list
 from lorakit.variants.registry import for_section, training_sections
 from lorakit.variants.training import adapter_config_from_dict
 
@@ -66,7 +67,8 @@ class TrainingConfig:
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     log_every: int = 1  # write a metrics line every N optimizer steps
     distributed: str = "ddp"  # under torchrun: ddp (replicated base) | fsdp (sharded base)
-    progress: bool = True  # tqdm progress bar
+    # a tqdm bar on a terminal; plain progress lines in logs / CI / pipes (train/console.py); false: neither
+    progress: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -101,16 +103,25 @@ class TrainingConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = "lorakit-output"  # adapter (PEFT format), resolved config, metrics, plot, checkpoints/, best/
+    dir: str = "lorakit-output"  # adapter (PEFT format), resolved config, metrics, plots, checkpoints/, best/
     # allow a fresh run into a directory that already holds a run; the old run is kept aside until the new one
     # saves its first adapter or checkpoint, and put back if it fails before that
     overwrite: bool = False
     adapter_name: str = "default"
     save_best: bool = True  # keep the adapter of the best evaluation in <dir>/best
-    plot: bool = True  # loss / eval curves as <dir>/curves.png (needs matplotlib)
-    # auto (when the tensorboard package is installed) | true | false; kept as one of those three words
-    tensorboard: bool | str = "auto"
-    mlflow: bool = False  # also log to MLflow (needs mlflow; uses MLFLOW_TRACKING_URI)
+    plot: bool = True  # curves.png (loss, eval, learning rate) and, for LoRA, spectrum.png (needs matplotlib)
+    # trackers that get the metrics besides <dir>/metrics.jsonl: a list of tensorboard | mlflow | wandb;
+    # auto: TensorBoard when installed (plus what output.tensorboard / output.mlflow below ask for); none or []: only
+    # metrics.jsonl. TensorBoard: <dir>/tensorboard. MLflow: MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME).
+    # W&B: project WANDB_PROJECT (default lorakit), files in WANDB_DIR or <dir>; the mode is WANDB_MODE, and when
+    # that is unset, offline unless WANDB_API_KEY is set (a run never waits on the network by surprise;
+    # `wandb sync <dir>/wandb/offline-run-*` uploads it later)
+    report_to: list[str] | str = "auto"
+    run_name: str | None = None  # the run's name for trackers and plot titles; None: the output folder's name
+    # the older switches, still read: with report_to auto they choose as they always did; next to a report_to list
+    # they must agree with it (tensorboard: true needs tensorboard listed, false needs it absent)
+    tensorboard: bool | str = "auto"  # auto (when the tensorboard package is installed) | true | false
+    mlflow: bool = False  # true: also log to MLflow
 
     def __post_init__(self) -> None:
         word = str(self.tensorboard).strip().lower()
@@ -118,6 +129,35 @@ class OutputConfig:
             raise ConfigError(f"output.tensorboard={self.tensorboard!r}: expected auto, or a boolean (true/false, "
                               "yes/no, on/off, 1/0)")
         self.tensorboard = word if word == "auto" else str(BOOL_WORDS[word]).lower()
+        self.report_to = _tracker_list(self.report_to)
+        if self.report_to == "auto":
+            return
+        listed = self.report_to
+        if (self.tensorboard == "true") != ("tensorboard" in listed) and self.tensorboard != "auto":
+            raise ConfigError(f"output.tensorboard={self.tensorboard} contradicts output.report_to={listed}; drop "
+                              "output.tensorboard (report_to alone says where metrics go)")
+        if self.mlflow and "mlflow" not in listed:
+            raise ConfigError(f"output.mlflow=true contradicts output.report_to={listed}; add mlflow to "
+                              "output.report_to and drop output.mlflow")
+
+    def name_of_run(self) -> str:
+        """run_name, else the output folder's name (the folder a relative dir names, as now resolved)."""
+        return self.run_name or Path(self.dir).resolve().name or "lorakit"
+
+
+def _tracker_list(value: list[str] | str) -> list[str] | str:
+    """"auto", or the trackers asked for as a list without repeats ("none" and [] are the empty list)."""
+    words = [value] if isinstance(value, str) else list(value)
+    words = [str(w).strip().lower() for w in words if str(w).strip()]
+    if words == ["auto"]:
+        return "auto"
+    if words == ["none"]:
+        return []
+    unknown = [w for w in words if w not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"output.report_to={value!r}: unknown tracker(s) {unknown}; expected a list of "
+                          f"{' | '.join(TRACKERS)}, or auto, or none")
+    return list(dict.fromkeys(words))
 
 
 REQUIRED_SECTIONS: dict[str, type] = {

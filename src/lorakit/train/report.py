@@ -40,8 +40,17 @@ def human_time(seconds: float) -> str:
     return f"{int(minutes)}m{secs:04.1f}s" if minutes else f"{secs:.1f}s"
 
 
+def run_title(run_name: str, model: str | None, method: str, rank: int | None = None) -> str:
+    """`alpaca · tiny-llama · lora r=8`: the run, the model (a path's or Hub id's last part), the method; for plot
+    titles."""
+    model = str(model or "model")
+    model_name = Path(model.rstrip("/")).name or model
+    return f"{run_name} · {model_name} · {method}" + (f" r={rank}" if rank is not None else "")
+
+
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "lorakit training") -> Path | None:
-    """Train loss (and eval loss / accuracy when present) against the optimizer step. None without matplotlib."""
+    """Three panels against the optimizer step: train and eval loss; the learning rate; eval accuracy / f1 (when
+    present). `title` names the run (run_title). None without matplotlib."""
     try:
         import matplotlib
 
@@ -50,9 +59,11 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "lorakit
     except ImportError:
         return None
     train = [r for r in records if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    rates = [r for r in records if r.get("kind") == "train" and isinstance(r.get("lr"), (int, float))]
     evals = [r for r in records if r.get("kind") == "eval"]
     extra = [k for k in ("accuracy", "f1") if any(k in r for r in evals)]
-    fig, axes = plt.subplots(1, 1 + bool(extra), figsize=(6 + 4 * bool(extra), 4), squeeze=False)
+    panels = 2 + bool(extra)
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.8), squeeze=False, layout="constrained")
     ax = axes[0][0]
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
@@ -61,22 +72,42 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "lorakit
         ax.plot([r["step"] for r in losses], [r["loss"] for r in losses], "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
+    ax.set_title("loss", fontsize=10)
+    if train or losses:
+        ax.legend()
+    ax_lr = axes[0][1]
+    ax_lr.plot([r["step"] for r in rates], [r["lr"] for r in rates], color="tab:green", lw=1)
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_title("learning rate", fontsize=10)
+    ax_lr.set_ylim(bottom=0)  # warmup and decay read against zero
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     if extra:
-        ax2 = axes[0][1]
+        ax2 = axes[0][2]
         for key in extra:
             points = [r for r in evals if key in r]
             ax2.plot([r["step"] for r in points], [r[key] for r in points], "o-", label=f"eval {key}")
         ax2.set_xlabel("optimizer step")
         ax2.set_ylim(0, 1)
+        ax2.set_title("eval metrics", fontsize=10)
         ax2.legend()
-    fig.tight_layout()
+    for panel in axes[0]:
+        panel.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title, fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_spectrum(adapter_dir: Path, adapter_name: str, title: str) -> Path | None:
+    """spectrum.png next to a saved LoRA adapter (lorakit/spectrum.py); None without matplotlib."""
+    from lorakit.io.checkpoint import read_adapter
+    from lorakit.spectrum import layer_infos, plot_spectra
+
+    infos = layer_infos(read_adapter(adapter_dir, adapter_name))
+    return plot_spectra(infos, Path(adapter_dir) / "spectrum.png", title=title)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -112,13 +143,14 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def write_summary(out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]], plot: bool) -> None:
-    """summary.json and (with matplotlib) curves.png in the output directory."""
+def write_summary(out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]], plot: bool,
+                  title: str = "lorakit training") -> None:
+    """summary.json and (with matplotlib) curves.png, titled `title`, in the output directory."""
     import json
 
     out_dir = Path(out_dir)
     if plot:
-        summary["plot"] = str(plot_curves(records, out_dir / "curves.png") or "") or None
+        summary["plot"] = str(plot_curves(records, out_dir / "curves.png", title) or "") or None
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
 
 

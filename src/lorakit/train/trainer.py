@@ -13,6 +13,7 @@ import copy
 import gc
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,13 +25,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lorakit.adapters import add_adapter
+from lorakit.adapters import add_adapter, count_parameters
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.hf.models import load_model
+from lorakit.hf.paths import resolve_model_path
 from lorakit.hf.tokenizer import load_tokenizer
 from lorakit.inject import describe_oversized, find_targets, oversized_ranks
+from lorakit.train import console, report
 from lorakit.train import distributed as D
-from lorakit.train import report
 from lorakit.train import state as S
 from lorakit.train.config import TrainConfig
 from lorakit.train.data import build_datasets, build_test_set
@@ -41,6 +43,7 @@ from lorakit.train.optim import build_optimizer, build_scheduler
 from lorakit.train.prepare import prepare_lora, resolve_config
 from lorakit.train.run_folder import CONFIG_FILE, OutputDirError, RunFolder, describe_os_error
 from lorakit.train.tasks import TASKS, evaluate
+from lorakit.train.trackers import chosen_trackers
 from lorakit.variants.training import attach_variants, save_trained_adapter, variant_lora_config, variant_summary
 
 
@@ -94,18 +97,21 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
         torch.manual_seed(t.seed)
-        self.tokenizer = load_tokenizer(Path(self.cfg.model.path))
+        model_dir = resolve_model_path(self.cfg.model.path, self.cfg.model.revision)  # a Hub id: its snapshot
+        self.tokenizer = load_tokenizer(model_dir, self.cfg.model.trust_remote_code)
         train_set, val_set, self.data_stats = build_datasets(self.cfg.data, self.tokenizer)
         prepare = self.task.prepare
         self.train_set, self.val_set = [prepare(e) for e in train_set], [prepare(e) for e in val_set]
         labels = self.data_stats["labels"]
         if labels and self.cfg.data.labels is None:
             self.cfg.data.labels = list(labels)  # recorded in train_config.yaml: merge / eval rebuild the head
-        base = load_model(self.cfg.model, Path(self.cfg.model.path), labels, self.tokenizer.pad_token_id,
+        base = load_model(self.cfg.model, model_dir, labels, self.tokenizer.pad_token_id,
                           self.dist.device)
         self.test_set = [prepare(e) for e in build_test_set(self.cfg.data, self.tokenizer, self.data_stats)]
         self.raw = self._with_adapter(base) if t.method == "lora" else make_trainable(base, t.method)
         self.raw.to(self.dist.device).train()
+        if self.cfg.data.packing:  # the model must keep packed examples apart (refused in one line if not)
+            self.task.check_packing(self.raw)
         self.model = D.wrap_model(self.raw, self.dist)
         self.global_batch = t.batch_size * t.grad_accum * world_size
         self.steps_per_epoch = len(self.train_set) // self.global_batch
@@ -127,7 +133,7 @@ class Trainer:
         self.progress = S.Progress()
         self.last_eval: dict[str, float] | None = None
         if self.dist.is_main:
-            check_sinks(self.cfg.output.tensorboard, self.cfg.output.mlflow)
+            check_sinks(self.cfg.output)
         self.finished = False
         self._rng: dict | None = None
         self._resume(resume)
@@ -206,10 +212,10 @@ class Trainer:
                 if self.resume_step is not None:
                     self.folder.track("metrics.jsonl")
                     truncate_after(self.out / "metrics.jsonl", self.resume_step)
-                for name in ("metrics.jsonl", "tensorboard"):
+                for name in ("metrics.jsonl", "tensorboard", "wandb"):
                     self.folder.track(name)
-                self.metrics = MetricsLogger(self.out, True, self.cfg.output.tensorboard, self.cfg.output.mlflow,
-                                             self.cfg.to_dict())
+                self.metrics = MetricsLogger(self.out, True, chosen_trackers(self.cfg.output),
+                                             self.cfg.output.name_of_run(), self.cfg.to_dict())
             except BaseException as exc:
                 self.folder.rollback()
                 if isinstance(exc, OSError):
@@ -309,6 +315,7 @@ class Trainer:
         name = self.metric_name
         value = metrics[name]
         better = p.best_metric is None or (value < p.best_metric if name == "loss" else value > p.best_metric)
+        self._say(console.eval_line(p.step, self.total_steps, metrics, better))
         if better:
             p.best_metric, p.best_step, p.bad_evals = value, p.step, 0
             if self.cfg.output.save_best:
@@ -377,11 +384,48 @@ class Trainer:
         last = S.latest_checkpoint(self.out / S.CHECKPOINTS)
         return f"; then rerun with --resume to continue from {last.name}" if last else ""
 
+    def _start_info(self) -> console.StartInfo:
+        """The numbers of the start-up summary (the data, the steps, the parameters, what differs from defaults)."""
+        trainable, total = count_parameters(self.raw)
+        lengths = [len(e["input_ids"]) for e in self.train_set if "input_ids" in e]
+        tokens = sum(lengths) / len(lengths) * self.global_batch if lengths else None
+        return console.StartInfo(
+            run_name=self.cfg.output.name_of_run(), stats=self.data_stats, test_examples=len(self.test_set),
+            total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch, global_batch=self.global_batch,
+            trainable=trainable, total=total, tokens_per_step=tokens,
+            changed=console.non_default_settings(self.cfg.to_dict(), TrainConfig().to_dict()),
+            trackers=[tracker.where for tracker in self.metrics.trackers], first_step=self.progress.step,
+            model=self._model_line(), data=self._data_line())
+
+    def _model_line(self) -> str:
+        m = self.cfg.model
+        dtype = str(next(self.raw.parameters()).dtype).removeprefix("torch.")
+        revision = f" @ {m.revision}" if m.revision else ""
+        return f"{m.path}{revision} ({m.task}, {dtype}, method {self.cfg.training.method})"
+
+    def _data_line(self) -> str:
+        d, stats = self.cfg.data, self.data_stats
+        cache = {"hit": "read back from the tokenized-data cache", "stored": "tokenized, kept in the cache",
+                 "off": "tokenized"}.get(str(stats.get("cache")), "tokenized")
+        return f"{d.path or d.train_file} ({stats['format']}; {cache})"
+
+    def _title(self) -> str:
+        method = self.cfg.training.method
+        return report.run_title(self.cfg.output.name_of_run(), self.cfg.model.path, method,
+                                self.cfg.lora.r if method == "lora" else None)
+
     def _train(self) -> TrainResult:
         t, p = self.cfg.training, self.progress
         started, first_step = time.perf_counter(), p.step
+        if self.dist.is_main:
+            self._say(console.startup_summary(self._start_info()))
+        # a terminal gets tqdm's bar; logs, pipes and CI get plain lines (console.py says how often)
+        show, terminal = self.dist.is_main and t.progress, sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (self.dist.is_main and t.progress))
+                   disable=not (show and terminal))
+        lines = (console.ProgressLines(self.total_steps, console.line_interval(t.log_every, self.total_steps), p.step)
+                 if show and not terminal else None)
+        failed = True
         try:
             while p.step < self.total_steps and not p.stopped_early:
                 tick = time.perf_counter()
@@ -396,6 +440,9 @@ class Trainer:
                                                        "epoch": (p.step - 1) // self.steps_per_epoch})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}")
                 bar.update(1)
+                line = lines.update(p.step, loss, lr) if lines is not None else None
+                if line:
+                    self._say(line)
                 eval_due = p.step % t.eval_every == 0 if t.eval_every else p.step % self.steps_per_epoch == 0
                 if eval_due and self.val_set:
                     self._after_eval(self.evaluate())
@@ -403,6 +450,7 @@ class Trainer:
                     p.elapsed_s += time.perf_counter() - started
                     started = time.perf_counter()
                     self._checkpoint()
+            bar.close()  # the lines below print under a finished bar
             if self.val_set and (p.last_eval_step != p.step or self.last_eval is None):
                 self._after_eval(self.evaluate())
             final_eval = self.last_eval
@@ -412,15 +460,21 @@ class Trainer:
             if self.test_set:  # once, with the final weights; nothing is chosen by it
                 summary["test_eval"] = self.evaluate(self.test_set)
                 self.metrics.log(p.step, "test", summary["test_eval"])
+                self._say(console.eval_line(p.step, self.total_steps, summary["test_eval"], False, label="test"))
             if self.dist.is_main:
                 summary.update(variant_summary(self.raw, self.cfg.output.adapter_name, self.hooks, self.out,
                                                self.cfg.output.plot))
+            if self.dist.is_main and self.cfg.output.plot and t.method == "lora":
+                summary["spectrum"] = str(report.write_spectrum(self.out, self.cfg.output.adapter_name,
+                                                                self._title()) or "") or None
             if self.dist.is_main:
-                report.write_summary(self.out, summary, read_metrics(self.out / "metrics.jsonl"), self.cfg.output.plot)
+                report.write_summary(self.out, summary, read_metrics(self.out / "metrics.jsonl"), self.cfg.output.plot,
+                                     self._title())
+            failed = False
             return TrainResult(self.out, summary, final_eval, self.dist.is_main)
         finally:
             bar.close()
-            self.metrics.close()
+            self.metrics.close(failed=failed)
 
 
 def check_start(cfg: TrainConfig, resume: bool | str | None = None, world_size: int = 1) -> None:
