@@ -30,6 +30,9 @@ TOOLS: dict[str, tuple[str, str]] = {  # the names are matched with their case: 
     "OpenAI client": (r"\bOpenAI\b|\bopenai\b", "openai"),
     "TensorBoard": (r"\bTensorBoard\b", "tensorboard"),
     "MLflow": (r"\bMLflow\b", "mlflow"),
+    "W&B": (r"\bW&B\b|\bWeights & Biases\b|\bwandb\b", "wandb"),
+    "datasets": (r"`datasets`|\bdatasets library\b", "datasets"),
+    "huggingface_hub": (r"\bhuggingface_hub\b|\bHF cache\b|\bHub cache\b", "hub"),
 }
 # words of working together; not as part of a file or attribute name (loading.py)
 CUES = re.compile(
