@@ -37,6 +37,8 @@ def test_demo_runs_probe_lora_and_full_and_compares_them(tmp_path):
     assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
     assert all((tmp_path / m / "weights.safetensors").is_file() for m in ("probe", "full"))
     assert "test accuracy" in text and "peak memory (RSS)" in text and "trainable parameters" in text
+    log = (tmp_path / "lora.log").read_text()  # each run's own start-up summary and eval lines, not the terminal
+    assert "trainable params" in log and "eval step 2/2: loss" in log and "trainable params" not in text
 
 
 def test_demo_rejects_a_non_override(capsys):

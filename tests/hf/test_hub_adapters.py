@@ -87,3 +87,29 @@ def test_a_missing_hub_adapter_is_one_line(hub, capsys):
 def test_serve_refuses_a_malformed_adapter_option(capsys, tmp_path):
     assert main(["serve", "--model", str(tmp_path), "--adapter", "no-equals-sign"]) == 2
     assert "NAME=SOURCE" in capsys.readouterr().err
+
+
+PEFT_BY_ID = """
+import sys, torch
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]).eval()  # the base found by its recorded Hub id
+with torch.no_grad():
+    print(model(torch.tensor([[5, 9, 17, 33, 2, 40]])).logits.flatten().tolist())
+"""
+
+
+def test_peft_finds_the_base_by_the_recorded_id_and_gives_the_same_logits(hub):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(hub["tmp"] / "hf-home"), "HF_HUB_OFFLINE": "1"}  # a fresh process reads them
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", PEFT_BY_ID, str(hub["run"])], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reference = _base(hub)
+    lorakit.load_adapter(reference, hub["run"])
+    with torch.no_grad():
+        expected = reference(IDS).logits.flatten()
+    torch.testing.assert_close(torch.tensor(json.loads(out.stdout.strip().splitlines()[-1])), expected)

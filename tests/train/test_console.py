@@ -129,3 +129,13 @@ def test_progress_false_prints_no_progress(tmp_path, capsys):
     text, _ = run_output(tmp_path, capsys, "training.progress=false")
     assert "run out" in text and "eval step 2/4" in text
     assert not [line for line in text.splitlines() if "step/s" in line or "s/step" in line]
+
+
+def test_progress_lines_count_from_the_last_line_so_none_come_a_step_apart():
+    from lorakit.train.console import ProgressLines
+
+    clock = iter(range(0, 10_000, 20))  # 20 s a step: the 30 s rule fires every second step
+    lines = ProgressLines(total=100, every=17, clock=lambda: next(clock))
+    printed = [step for step in range(1, 101) if lines.update(step, 0.5, 1e-4)]
+    assert all(b - a >= 2 for a, b in zip(printed, printed[1:], strict=False))
+    assert printed[-1] == 100

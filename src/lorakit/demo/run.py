@@ -105,7 +105,8 @@ def run_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) 
                                        cfg.training.lr)
         results.append(result)
         say(f"lorakit demo [{i}/{len(runs)}] {method} done in {human_time(wall)}: validation accuracy "
-            f"{_fmt(result.validation_accuracy)}, test accuracy {_fmt(result.test_accuracy)}")
+            f"{_fmt(result.validation_accuracy)}, test accuracy {_fmt(result.test_accuracy)} "
+            f"(log: {Path(cfg.output.dir).with_suffix('.log')})")
         if i == 1:
             stats = out["summary"]["data"]
             truncated, n = stats.get("truncated", 0), stats.get("train_rows", 0) + stats.get("validation_rows", 0)

@@ -3,12 +3,14 @@ its summary reports is its own and not the sum of what earlier runs left behind 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 from lorakit.demo.settings import DEMO_YAML
@@ -25,10 +27,16 @@ def demo_config(overrides: Sequence[str] = ()) -> TrainConfig:
 
 
 def train_method(overrides: list[str]) -> dict[str, Any]:
-    """Train the demo config with `overrides` (in the worker process): its summary and its train losses."""
+    """Train the demo config with `overrides` (in the worker process): its summary and its train losses. What the
+    run prints (its start-up summary, eval lines) goes to <output.dir>.log."""
     quiet_transformers()
     logging.getLogger("lorakit.train.data").setLevel(logging.ERROR)  # truncation counts: the demo says it once
-    result = train(demo_config(overrides))
+    cfg = demo_config(overrides)
+    # the run's own start-up summary and eval lines go to <output.dir>.log; the demo prints one line per run
+    log_file = Path(cfg.output.dir).with_suffix(".log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
+        result = train(cfg)
     records = read_metrics(result.output_dir / "metrics.jsonl")
     return {"summary": result.summary, "train_losses": [r["loss"] for r in records if r["kind"] == "train"]}
 

@@ -139,13 +139,15 @@ class ProgressLines:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.total, self.every, self.first_step, self.clock = total, every, first_step, clock
         self.started = self.last = clock()
+        self.last_step = first_step
 
     def update(self, step: int, loss: float, lr: float) -> str | None:
-        """The line for `step` (just finished), or None when none is due yet."""
+        """The line for `step` (just finished), or None when none is due yet: `every` steps after the last line,
+        or PROGRESS_SECONDS after it (counting from the last line, so two lines never come a step apart)."""
         now = self.clock()
-        due = step % self.every == 0 or step == self.total or now - self.last >= PROGRESS_SECONDS
+        due = step - self.last_step >= self.every or step == self.total or now - self.last >= PROGRESS_SECONDS
         if not due:
             return None
-        self.last = now
+        self.last, self.last_step = now, step
         rate = (step - self.first_step) / max(now - self.started, 1e-9)
         return progress_line(step, self.total, loss, lr, rate)

@@ -350,10 +350,12 @@ def collate(examples: Sequence[Mapping[str, Any]], pad_token_id: int | None) -> 
 
 
 def _warn(stats: DataStats, cfg: DataConfig) -> None:
+    """One line per problem, naming the data it is about (the training data, or a test file / split)."""
+    where = cfg.path + (f"[{cfg.train_split}]" if cfg.train_split != "train" else "") if cfg.path else cfg.train_file
     if stats["bad_rows"]:
-        log.warning("skipped %d bad rows (data.skip_bad_rows=true); first: %s", stats["bad_rows"],
+        log.warning("%s: skipped %d bad rows (data.skip_bad_rows=true); first: %s", where, stats["bad_rows"],
                     stats["bad_row_examples"][0])
     if stats["truncated"]:
-        log.warning("%d examples were longer than data.max_seq_len=%d and were cut at the end%s",
+        log.warning("%s: %d examples were longer than data.max_seq_len=%d and were cut at the end%s", where,
                     stats["truncated"], cfg.max_seq_len,
                     f"; {stats['dropped']} lost every trained token and were dropped" if stats["dropped"] else "")
