@@ -28,11 +28,12 @@ def fake_infos(paths: list[str], rank: int = 8) -> list[LayerInfo]:
 
 
 @pytest.mark.parametrize(("path", "kind", "depth"), [
-    ("model.layers.12.self_attn.q_proj", "q_proj", (12,)),
-    ("encoder.block.3.layer.0.SelfAttention.q", "q", (3, 0)),
-    ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "to_q", (1, 0, 0)),
+    ("model.layers.12.self_attn.q_proj", "self_attn.q_proj", (12,)),
+    ("encoder.block.3.layer.0.SelfAttention.q", "SelfAttention.q", (3, 0)),
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "attn1.to_q", (1, 0, 0)),
     ("lm_head", "lm_head", ()),
-    ("transformer.h.2.attn.c_attn", "c_attn", (2,)),
+    ("bert.pooler.dense", "pooler.dense", ()),
+    ("transformer.h.2.attn.c_attn", "attn.c_attn", (2,)),
 ])
 def test_module_type_and_depth(path, kind, depth):
     assert module_type(path) == kind and depth_key(path) == depth
@@ -46,7 +47,7 @@ def test_a_32_layer_model_groups_into_seven_types_of_32_layers_in_depth_order():
     assert sorted(groups) == sorted(ATTENTION + MLP)
     for name, layers in groups.items():
         assert [i.path.split(".")[4] for i in layers] == [str(d) for d in range(32)], name  # 2 before 10
-        assert {module_type(i.path) for i in layers} == {name}
+        assert {module_type(i.path).rsplit(".", 1)[-1] for i in layers} == {name}
     assert sum(len(g) for g in groups.values()) == 224
 
 
@@ -72,3 +73,11 @@ def test_a_run_with_plot_writes_curves_and_for_lora_the_spectrum_next_to_the_ada
     assert (out / "curves.png").is_file() and summary["plot"] == str(out / "curves.png")
     assert (out / "spectrum.png").is_file() == spectrum
     assert summary.get("spectrum") == (str(out / "spectrum.png") if spectrum else None)
+
+
+def test_bert_layers_that_all_end_in_dense_are_kept_apart():
+    paths = [f"bert.encoder.layer.{i}.{kind}" for i in range(3)
+             for kind in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")]
+    groups = group_by_module_type(fake_infos([*paths, "bert.pooler.dense"]))
+    assert {name: len(layers) for name, layers in groups.items()} == {
+        "query": 3, "attention.output.dense": 3, "intermediate.dense": 3, "output.dense": 3, "pooler.dense": 1}

@@ -65,9 +65,21 @@ _NUMBER = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
 
 
 def module_type(path: str) -> str:
-    """The layer's own name, the last non-numeric part of its path: model.layers.3.self_attn.q_proj -> q_proj."""
-    parts = [p for p in path.split(".") if not p.isdigit()]
-    return parts[-1] if parts else path
+    """What a layer is within its block: the path after its last number (model.layers.3.self_attn.q_proj ->
+    self_attn.q_proj; BERT's encoder.layer.3.attention.output.dense -> attention.output.dense, not just "dense",
+    which four different BERT layers end with); a path with no number keeps its last two parts (bert.pooler.dense
+    -> pooler.dense)."""
+    parts = path.split(".")
+    numbered = [i for i, part in enumerate(parts) if part.isdigit()]
+    tail = parts[numbered[-1] + 1:] if numbered else parts[-2:]
+    return ".".join(tail) or path
+
+
+def short_names(types: list[str]) -> dict[str, str]:
+    """Each module type by its last part where no other type ends the same way (q_proj), else in full
+    (attention.output.dense beside output.dense)."""
+    last = [t.rsplit(".", 1)[-1] for t in types]
+    return {t: name if last.count(name) == 1 else t for t, name in zip(types, last, strict=True)}
 
 
 def depth_key(path: str) -> tuple[int, ...]:
@@ -77,11 +89,13 @@ def depth_key(path: str) -> tuple[int, ...]:
 
 
 def group_by_module_type(infos: list[LayerInfo]) -> dict[str, list[LayerInfo]]:
-    """Layers by module type (types in order of first appearance by depth), each list sorted by depth."""
+    """Layers by module type (types in order of first appearance by depth, named by short_names), each list
+    sorted by depth."""
     groups: dict[str, list[LayerInfo]] = {}
     for info in sorted(infos, key=lambda i: (depth_key(i.path), i.path)):
         groups.setdefault(module_type(info.path), []).append(info)
-    return groups
+    names = short_names(list(groups))
+    return {names[kind]: layers for kind, layers in groups.items()}
 
 
 def depth_of(path: str) -> int | None:

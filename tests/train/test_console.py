@@ -132,10 +132,12 @@ def test_progress_false_prints_no_progress(tmp_path, capsys):
 
 
 def test_progress_lines_count_from_the_last_line_so_none_come_a_step_apart():
+    from itertools import pairwise
+
     from lorakit.train.console import ProgressLines
 
     clock = iter(range(0, 10_000, 20))  # 20 s a step: the 30 s rule fires every second step
     lines = ProgressLines(total=100, every=17, clock=lambda: next(clock))
     printed = [step for step in range(1, 101) if lines.update(step, 0.5, 1e-4)]
-    assert all(b - a >= 2 for a, b in zip(printed, printed[1:], strict=False))
+    assert all(b - a >= 2 for a, b in pairwise(printed))
     assert printed[-1] == 100

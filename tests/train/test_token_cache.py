@@ -95,3 +95,15 @@ def test_an_edited_chat_template_file_is_a_new_entry(tmp_path, cache, builds):
     template.write_text("{% for m in messages %}{{ m.role }} : {{ m.content }} </s> {% endfor %}")  # same path
     second, _, stats = build_datasets(config, build_tokenizer())
     assert len(builds) == 2 and stats["cache"] == "stored" and first != second
+
+
+def test_the_truncation_a_previous_call_left_on_the_tokenizer_does_not_change_the_key(tmp_path, cache, builds):
+    from lorakit.train.data import DataConfig as Config
+    from tests.train.runs import classification_rows
+
+    train = write_jsonl(tmp_path / "cls.jsonl", classification_rows(24))
+    tokenizer = build_tokenizer()
+    config = Config(train_file=str(train), max_seq_len=4)  # every row is cut: the tokenizer is called truncating
+    build_datasets(config, tokenizer)
+    _, _, stats = build_datasets(config, tokenizer)
+    assert stats["cache"] == "hit" and len(builds) == 1

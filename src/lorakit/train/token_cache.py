@@ -33,7 +33,11 @@ def cache_root() -> Path:
 def tokenizer_identity(tokenizer: Any) -> str:
     """Everything about a tokenizer that changes its output."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:  # without the truncation / padding a previous call left set: not part of the tokenizer
+        settings = json.loads(backend.to_str())
+        state = json.dumps({k: v for k, v in settings.items() if k not in ("truncation", "padding")}, sort_keys=True)
+    else:
+        state = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = {
         "class": type(tokenizer).__name__,
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
