@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from types import ModuleType
 
 from lorakit.cli.os_errors import describe_os_error
@@ -56,7 +58,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     return parser, modules
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a job scheduler's stop), raised in the main thread so that a command cleans up as
+    it does on Ctrl-C: trackers marked failed, an output folder given back to the run it was replacing."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the command line, and no handler of the caller's
+        signal.signal(signal.SIGTERM, _raise_terminated)
     argv = sys.argv[1:] if argv is None else argv
     parser, modules = build_parser()
     if not argv and "demo" in modules:
@@ -73,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, read-only folder, a file where a folder should be: the user's to fix
         print(f"lorakit {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"lorakit {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"lorakit {args.command}: interrupted", file=sys.stderr)
         return 130
