@@ -1,0 +1,1 @@
+"""Diffusion models (Stable Diffusion-style pipelines from diffusers): LoRA files, use, training helpers."""
