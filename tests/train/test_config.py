@@ -47,12 +47,13 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("trainin.lr=1", r"unknown section 'trainin'; valid sections: \['model', 'lora', 'data', 'training', 'output', "
-                     r"'delta_lora', 'longlora'\]"),
+                     r"'diffusion', 'delta_lora', 'longlora'\]"),
     ("training.learning_rate=1", r"unknown key\(s\) \['training.learning_rate'\]; valid keys in 'training': .*'lr'"),
     ("lora.rank=4", r"lora: unknown LoRA config key\(s\) \['rank'\]; valid keys: .*'r'"),
     ("training.batch_size=abc", r"training.batch_size='abc': expected int"),
     ("training.batch_size=0", r"training.batch_size=0: expected a positive integer"),
-    ("model.task=classify", r"model.task='classify': expected one of \['causal-lm', 'seq-cls', 'seq2seq'\]"),
+    ("model.task=classify", r"model.task='classify': expected one of \['causal-lm', 'seq-cls', 'seq2seq', "
+                               r"'text-to-image'\]"),
     ("training.scheduler=step", r"training.scheduler='step': expected one of \['cosine', 'linear', 'constant'\]"),
     ("model.quantization=nf3", r"model.quantization='nf3': expected one of \['nf4', 'fp4', 'int8'\] or null"),
     ("training.lr", r"expected section.key=value"),

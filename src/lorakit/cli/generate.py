@@ -9,12 +9,17 @@ examples:
   lorakit generate ./tiny-llama --adapter runs/alpaca-tiny --alpaca --prompt "What color is a cat?"
   lorakit generate /path/to/base --adapter runs/chat --chat --temperature 0.7 --prompt "hi" --prompt "bye"
   lorakit generate /path/to/base --adapter runs/a --compare --prompt "2 + 2 ="     # base and adapter side by side
+
+For a diffusers pipeline folder (model_index.json), it writes PNG images instead (lorakit/cli/generate_image.py):
+  lorakit generate ./tiny-sd --prompt "a red circle" --adapter runs/shapes:0.8 --steps 20 --out circle.png
+  lorakit generate ./sd15 --adapter style.safetensors --adapter dog.safetensors:0.6 --compare --prompt "a dog"
 """
 
 from __future__ import annotations
 
 import argparse
 
+from lorakit.cli.generate_image import add_image_arguments
 from lorakit.errors import AdapterFileError, ConfigError
 
 
@@ -41,12 +46,22 @@ class FiniteLogits:
         return scores
 
 
+class EveryAdapter(argparse.Action):
+    """--adapter: `adapter` is the one a causal LM takes, `adapters` every one given (a pipeline takes several)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.adapter = values
+        namespace.adapters = [*(getattr(namespace, "adapters", None) or []), values]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", help="causal LM: a local directory (config.json, weights, tokenizer), a GGUF file, "
-                        "or a Hub id (org/name) from the HF cache")
+                        "or a Hub id (org/name) from the HF cache; or a diffusers pipeline folder (images)")
     parser.add_argument("--revision", help="the base's Hub revision (branch, tag or commit)")
-    parser.add_argument("--adapter", help="adapter directory, or a Hub id org/name[@revision], to apply (default: the "
-                        "base model alone)")
+    parser.add_argument("--adapter", action=EveryAdapter,
+                        help="adapter directory, or a Hub id org/name[@revision], to apply (default: the base model "
+                        "alone); for a pipeline SRC[:WEIGHT], repeat for several")
+    parser.set_defaults(adapters=None)
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
@@ -55,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
     parser.add_argument("--alpaca", action="store_true",
                         help="wrap the prompt in the Alpaca template that data.format=alpaca trains on")
-    parser.add_argument("--compare", action="store_true", help="also print the base model's output")
+    parser.add_argument("--compare", action="store_true",
+                        help="also print the base model's output (a pipeline: its image beside the adapted one)")
+    add_image_arguments(parser)  # BASE a diffusers pipeline: prompt -> PNG (lorakit/cli/generate_image.py)
 
 
 def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
@@ -84,6 +101,17 @@ def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorakit.cli import generate_image
+
+    if generate_image.wants_pipeline(args):
+        return generate_image.run(args)
+    generate_image.refuse_image_options(args)
+    if len(args.adapters or []) > 1:
+        raise ConfigError("a causal LM takes one --adapter (several at once: lorakit combine them first)")
+    return run_text(args)
+
+
+def run_text(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     import lorakit

