@@ -272,12 +272,18 @@ class Trainer:
         mean_loss = loss_sum / units
         if not math.isfinite(mean_loss + extra_sum):
             self._non_finite(step, "loss", mean_loss + extra_sum / world)
+        return mean_loss, int(tokens), self._apply_update(step)
+
+    def _apply_update(self, step: int) -> float | None:
+        """The gradients are in: hooks, clipping (refusing a non-finite norm), the optimizer and schedule steps.
+        Returns the gradient norm before clipping (None when training.max_grad_norm is off)."""
         for hook in self.hooks:
             hook.on_backward_end(self.raw, step)
         grad_norm = None
-        if t.max_grad_norm is not None:
+        max_norm = self.cfg.training.max_grad_norm
+        if max_norm is not None:
             params = [p for p in self.raw.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             if not math.isfinite(grad_norm):
                 self._non_finite(step, "gradient norm", grad_norm)
@@ -286,7 +292,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for hook in self.hooks:
             hook.on_step_end(self.raw, step)
-        return mean_loss, int(tokens), grad_norm
+        return grad_norm
 
     def _non_finite(self, step: int, what: str, value: float) -> None:
         last = S.latest_checkpoint(self.out / S.CHECKPOINTS)

@@ -210,18 +210,7 @@ class DiffusionTrainer(Trainer):
         mean_loss = loss_sum / self.global_batch
         if not torch.isfinite(torch.tensor(mean_loss)):
             self._non_finite(step, "loss", mean_loss)
-        grad_norm = None
-        if t.max_grad_norm is not None:
-            params = [p for p in self.raw.parameters() if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
-            if not torch.isfinite(torch.tensor(grad_norm)):
-                self._non_finite(step, "gradient norm", grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        for hook in self.hooks:
-            hook.on_step_end(self.raw, step)
-        return mean_loss, images, grad_norm
+        return mean_loss, images, self._apply_update(step)
 
     def evaluate(self, examples: list | None = None) -> dict[str, float] | None:
         """The denoising loss on `examples` (the validation images) at fixed noise and timesteps: the same draws
