@@ -9,7 +9,7 @@ import random
 import pytest
 
 from lorakit.spectrum import LayerInfo, depth_key, group_by_module_type, module_type, plot_spectra
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.runs import config_of, make_run
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lorakit.cli.main import main
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.runs import config_of, make_run
 
 

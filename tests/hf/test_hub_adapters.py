@@ -15,7 +15,7 @@ import lorakit
 from lorakit.cli.main import main
 from lorakit.hf.hub import local_adapter
 from lorakit.serve.cache import AdapterCache
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.hf.hub_cache import add_snapshot, commit_id
 from tests.train.runs import config_of, make_run
 

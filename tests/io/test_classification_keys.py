@@ -17,7 +17,7 @@ from lorakit.hf.classifier import MeanPoolClassifier
 from lorakit.hf.config import ModelConfig
 from lorakit.hf.models import load_model
 from lorakit.io.keys import PREFIX
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.runs import config_of, make_run
 
 IDS = torch.tensor([[5, 9, 17, 33, 2, 40], [7, 7, 12, 90, 3, 1]])

@@ -73,7 +73,7 @@ def test_merge_refuses_with_one_line(served, tmp_path, capsys):
 
 def test_eval_refuses_with_one_line(tmp_path, capsys):
     from lorakit.cli.main import main
-    from lorakit.train.trainer import train
+    from lorakit.train.run import train
     from tests.train.runs import config_of, make_run
 
     run = train(config_of(make_run(tmp_path, "causal"), "training.max_steps=1")).output_dir

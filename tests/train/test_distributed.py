@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lorakit.train.distributed import DistInfo, no_sync, sum_across
 from lorakit.train.metrics import read_metrics
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.runs import config_of, make_run
 
 

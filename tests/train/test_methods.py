@@ -19,7 +19,7 @@ from lorakit.errors import ConfigError
 from lorakit.train import state as S
 from lorakit.train.data import build_datasets, collate
 from lorakit.train.methods import WEIGHTS_FILE, load_weights, trained_state
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.runs import config_of, make_run
 
 STEPS, BATCH, LR = 3, 4, 5e-3

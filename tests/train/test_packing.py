@@ -18,8 +18,9 @@ from lorakit.train import tasks
 from lorakit.train.data import IGNORE, collate, pack
 from lorakit.train.metrics import read_metrics
 from lorakit.train.packing import pack_examples, padded_positions
+from lorakit.train.run import train
 from lorakit.train.tasks import TASKS, CausalLM
-from lorakit.train.trainer import Trainer, train
+from lorakit.train.trainer import Trainer
 from tests.helpers import VOCAB, tiny_gpt2, tiny_llama
 from tests.train.runs import config_of, make_run
 

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from lorakit.cli.main import main
 from lorakit.train.hooks import TrainHook
 from lorakit.train.metrics import read_metrics
+from lorakit.train.run import train
 from lorakit.train.state import CheckpointError
-from lorakit.train.trainer import Trainer, train
+from lorakit.train.trainer import Trainer
 from tests.train.runs import config_of, make_run
 
 SETTINGS = dict(

@@ -7,7 +7,8 @@ import pytest
 
 from lorakit.cli.main import main
 from lorakit.train.metrics import read_metrics
-from lorakit.train.trainer import Trainer, train
+from lorakit.train.run import train
+from lorakit.train.trainer import Trainer
 from tests.train.folder_helpers import snapshot
 from tests.train.runs import config_of, make_run
 from tests.train.test_resume import StopAt, assert_same_adapter

@@ -11,8 +11,9 @@ from lorakit.cli.main import main
 from lorakit.errors import LorakitError
 from lorakit.train.hooks import TrainHook
 from lorakit.train.metrics import read_metrics
+from lorakit.train.run import train
 from lorakit.train.state import CheckpointError
-from lorakit.train.trainer import Trainer, train
+from lorakit.train.trainer import Trainer
 from tests.train.folder_helpers import one_line_error, snapshot
 from tests.train.runs import config_of, make_run, write_jsonl
 

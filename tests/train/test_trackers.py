@@ -14,8 +14,8 @@ from lorakit.errors import ConfigError
 from lorakit.train.config import load_config
 from lorakit.train.hooks import TrainHook
 from lorakit.train.metrics import read_metrics
+from lorakit.train.run import train
 from lorakit.train.trackers import chosen_trackers, installed
-from lorakit.train.trainer import train
 from tests.train.folder_helpers import one_line_error
 from tests.train.runs import config_of, make_run
 from tests.train.wandb_records import first, history, read_records

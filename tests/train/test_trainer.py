@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from lorakit.train.hooks import TrainHook
 from lorakit.train.metrics import read_metrics
-from lorakit.train.trainer import NonFiniteLossError, Trainer, train
+from lorakit.train.run import train
+from lorakit.train.trainer import NonFiniteLossError, Trainer
 from tests.train.runs import config_of, make_run
 
 

@@ -11,6 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lorakit
+import lorakit.train.run
+import lorakit.train.trainer
 from lorakit.errors import ConfigError
 from lorakit.variants.adalora import AdaLoraConfig, AdaLoraHook
 from lorakit.variants.delta_lora import DeltaLoraHook
@@ -72,11 +74,11 @@ def test_adalora_loads_in_peft(tmp_path):
 def test_adalora_run_resumes_exactly(tmp_path):
     settings = dict(lora=ADALORA, training={"max_steps": 10, "save_every": 3})
     config = make_run(tmp_path, **settings)
-    reference = lorakit.train.trainer.train(config_of(config, f"output.dir={tmp_path / 'ref'}")).output_dir
+    reference = lorakit.train.run.train(config_of(config, f"output.dir={tmp_path / 'ref'}")).output_dir
     crashed = config_of(config, f"output.dir={tmp_path / 'crashed'}")
     with pytest.raises(KeyboardInterrupt):
         lorakit.train.trainer.Trainer(crashed, hooks=[StopAt(4)]).train()  # between checkpoints, mid-pruning
-    lorakit.train.trainer.train(crashed, resume=True)
+    lorakit.train.run.train(crashed, resume=True)
     assert_same_adapter(reference, tmp_path / "crashed")
 
 
@@ -106,11 +108,11 @@ def test_delta_lora_run_moves_w_and_saves_an_adapter_exact_on_the_original_base(
 def test_delta_lora_run_resumes(tmp_path):
     config = make_run(tmp_path, delta_lora={"update_ratio": 2.0, "start_step": 1},
                       training={"max_steps": 8, "save_every": 3})
-    reference = lorakit.train.trainer.train(config_of(config, f"output.dir={tmp_path / 'ref'}")).output_dir
+    reference = lorakit.train.run.train(config_of(config, f"output.dir={tmp_path / 'ref'}")).output_dir
     crashed = config_of(config, f"output.dir={tmp_path / 'crashed'}")
     with pytest.raises(KeyboardInterrupt):
         lorakit.train.trainer.Trainer(crashed, hooks=[StopAt(4)]).train()
-    lorakit.train.trainer.train(crashed, resume=True)
+    lorakit.train.run.train(crashed, resume=True)
     # W is rebuilt from the anchor on resume (telescoping sum): equal to float rounding, not bit for bit
     ref = lorakit.load_adapter(fresh_base(tmp_path), reference)
     resumed = lorakit.load_adapter(fresh_base(tmp_path), tmp_path / "crashed")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.hf.quiet import quiet_transformers
     from lorakit.train.prepare import resolve_config
     from lorakit.train.report import format_summary
-    from lorakit.train.trainer import check_start, train
+    from lorakit.train.run import check_start, train
 
     cfg = load_train_config(args.items)
     if args.print_config:

@@ -155,7 +155,7 @@ class Stages:
 def run_chat_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, compare, score and serve (see the module docstring); a dict of what each stage found."""
     from lorakit.hf.quiet import quiet_transformers
-    from lorakit.train.trainer import train
+    from lorakit.train.run import train
 
     settings, train_items = split_overrides(overrides)
     cfg = chat_config(train_items)  # every override checked before anything is written

@@ -18,7 +18,7 @@ from lorakit.errors import LorakitError
 from lorakit.hf.quiet import quiet_transformers
 from lorakit.train.config import TrainConfig, load_config
 from lorakit.train.metrics import read_metrics
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 
 
 def demo_config(overrides: Sequence[str] = ()) -> TrainConfig:

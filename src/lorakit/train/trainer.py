@@ -10,7 +10,6 @@ split into micro-batches and processes.
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import sys
@@ -485,32 +484,3 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close(failed=failed)
-
-
-def check_start(cfg: TrainConfig, resume: bool | str | None = None, world_size: int = 1) -> None:
-    """Run every start-up check of `train` (config, paths, data, model, targets, sinks, the checkpoint to resume)
-    for a run of `world_size` processes, and write nothing. Raises what the run would raise at start."""
-    trainer_class(cfg)(cfg, resume=resume, check_only=True, world_size=world_size)
-    gc.collect()  # the model it loaded goes before the workers load theirs
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def trainer_class(cfg: TrainConfig) -> type[Trainer]:
-    """The loop for the config's task: text-to-image has its own (train/diffusion/trainer.py)."""
-    if cfg.model.task == "text-to-image":
-        from lorakit.train.diffusion.trainer import DiffusionTrainer
-
-        return DiffusionTrainer
-    return Trainer
-
-
-def train(cfg: TrainConfig, hooks: Sequence[TrainHook] = (), resume: bool | str | None = None) -> TrainResult:
-    """Run one training job (also under torchrun: every process calls this)."""
-    trainer = trainer_class(cfg)(cfg, hooks, resume)
-    try:
-        result = trainer.train()
-        D.barrier(trainer.dist)  # every rank done before any tears the group down (gloo aborts a rank otherwise)
-        return result
-    finally:
-        D.shutdown(trainer.dist)

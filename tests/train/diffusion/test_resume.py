@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from lorakit.train.hooks import TrainHook
-from lorakit.train.trainer import train
+from lorakit.train.run import train
 from tests.train.diffusion.helpers import image_folder, t2i_config
 
 

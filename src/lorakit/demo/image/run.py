@@ -156,7 +156,7 @@ def run_image_demo(overrides: Sequence[str] = (), say: Callable[[str], None] = p
 
     from lorakit.demo.image.grid import make_grid, save_grid
     from lorakit.hf.quiet import quiet_transformers
-    from lorakit.train.trainer import train
+    from lorakit.train.run import train
 
     settings, train_items = split_overrides(overrides)
     cfg = image_config(train_items)  # every override checked before anything is written

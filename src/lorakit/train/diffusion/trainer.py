@@ -27,7 +27,7 @@ from lorakit.train import console
 from lorakit.train import state as S
 from lorakit.train.config import TrainConfig
 from lorakit.train.diffusion import latents as L
-from lorakit.train.diffusion.config import DENOISER_TARGETS, resolve_text_to_image
+from lorakit.train.diffusion.config import DENOISER_TARGETS, DiffusionConfig, resolve_text_to_image
 from lorakit.train.diffusion.data import class_examples, split_examples
 from lorakit.train.diffusion.loss import draw_noise, draw_timesteps, min_snr_weights, per_example_loss, target_for
 from lorakit.train.diffusion.prior import generate_class_images, missing_class_images
@@ -296,8 +296,6 @@ class SampleHook(TrainHook):
 
 def _defaults(cfg: TrainConfig) -> dict:
     """The default config of a text-to-image run (what the start-up summary compares against)."""
-    from lorakit.train.diffusion.config import DiffusionConfig
-
     defaults = TrainConfig().to_dict()
     defaults["diffusion"] = dataclasses.asdict(DiffusionConfig())
     return defaults
