@@ -11,6 +11,11 @@ examples:
   lorakit inspect runs/alpaca
   lorakit inspect runs/alpaca --plot alpaca-spectrum.png
   lorakit inspect runs/alpaca --no-plot --json > alpaca.json
+  lorakit inspect runs/alpaca --no-plot --suggest-rank --energy 0.95
+
+--suggest-rank: per layer, the smallest rank whose top singular values keep a share (--energy, default 0.9) of
+the update's energy (the sum of its squared singular values, ||s B A||_F^2); overall, the largest of those, the one
+rank that keeps the share in every layer, with the factors' size at it. `lorakit resize` writes such an adapter.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 from pathlib import Path
 
 from lorakit.errors import AdapterFileError
+from lorakit.resize import RankSuggestion, check_energy, suggest_ranks
 from lorakit.spectrum import LayerInfo, layer_infos, plot_spectra, update_singular_values
 from lorakit.variants.registry import config_flags, file_roles, with_hook
 
@@ -32,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=Path("spectrum.png"), help="PNG to write (default spectrum.png)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+    parser.add_argument("--suggest-rank", action="store_true",
+                        help="suggest ranks per layer and overall from the singular values (see --energy)")
+    parser.add_argument("--energy", type=float, metavar="SHARE",
+                        help="share of each update's energy the suggested rank keeps, in (0, 1] (default 0.9; "
+                             "implies --suggest-rank)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     total = sum(t.numel() for t in tensors.values())
     factors = ("lora_A", "lora_B", "lora_embedding_", *(r for r, v in file_roles().items() if v.plain_parts))
     others = sorted(k for k in tensors if not any(m in k for m in factors))
+    suggestion = None
+    if args.suggest_rank or args.energy is not None:
+        energy = check_energy(0.9 if args.energy is None else args.energy)
+        suggestion = suggest_ranks([(i.path, i.rank, i.params, i.singular_values) for i in infos], energy)
     plot = None if args.no_plot else plot_spectra(infos, args.plot, title=f"adapter {directory}")
     if args.json:
         print(json.dumps({
@@ -57,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             "layers": [{"path": i.path, "rank": i.rank, "params": i.params, "scaling": i.scaling,
                         "singular_values": i.singular_values} for i in infos],
             "other_tensors": others, "plot": str(plot) if plot else None,
+            **({"suggest_rank": _suggestion_json(suggestion, _bytes_per_param(tensors))} if suggestion else {}),
         }, indent=2, default=str))
         return 0
     targets = config.target_modules
@@ -80,6 +96,41 @@ def run(args: argparse.Namespace) -> int:
               f"{(s[0] if s else 0):<9.4g}  {ratio:.3g}")
     if others:
         print(f"  other trained tensors (modules_to_save, biases): {len(others)}, e.g. {others[:3]}")
+    if suggestion:
+        _print_suggestion(suggestion, infos, _bytes_per_param(tensors), width, directory)
     if plot:
         print(f"  spectrum plot: {plot}")
     return 0
+
+
+def _bytes_per_param(tensors: dict) -> int:
+    """Bytes per factor entry (the first lora_A's dtype): sizes at other ranks are counted in it."""
+    return next((t.element_size() for k, t in tensors.items() if "lora_A" in k or "lora_embedding_A" in k), 4)
+
+
+def _suggestion_json(s: RankSuggestion, per_param: int) -> dict:
+    return {
+        "energy": s.energy, "rule": "overall = the largest per-layer rank: it keeps the share in every layer",
+        "overall_rank": s.overall,
+        "layers": [{"path": p, "rank": k, "energy_kept": s.kept[p]} for p, k in s.ranks.items()],
+        "params_now": s.params_now, "params_at_overall_rank": s.params_at_overall,
+        "params_at_layer_ranks": s.params_at_layer_ranks, "bytes_now": s.params_now * per_param,
+        "bytes_at_overall_rank": s.params_at_overall * per_param,
+        "bytes_at_layer_ranks": s.params_at_layer_ranks * per_param,
+    }
+
+
+def _print_suggestion(s: RankSuggestion, infos: list[LayerInfo], per_param: int, width: int,
+                      directory: object) -> None:
+    from lorakit.train.report import human_bytes
+
+    print(f"  suggested ranks keeping {s.energy:g} of each update's energy (sum of squared singular values):")
+    print(f"  {'layer':<{width}}  rank  suggested  energy kept")
+    for i in infos:
+        if i.path in s.ranks:
+            print(f"  {i.path:<{width}}  {i.rank:>4}  {s.ranks[i.path]:>9}  {s.kept[i.path]:.4f}")
+    print(f"  overall: rank {s.overall} (the largest per-layer rank, so every layer keeps the share)")
+    print(f"  factors: {s.params_now:,} parameters, {human_bytes(s.params_now * per_param)} now; "
+          f"{s.params_at_overall:,}, {human_bytes(s.params_at_overall * per_param)} at rank {s.overall}; "
+          f"{s.params_at_layer_ranks:,}, {human_bytes(s.params_at_layer_ranks * per_param)} at the per-layer ranks")
+    print(f"  write it: lorakit resize {directory} OUT --rank {s.overall}  (or --energy {s.energy:g}: per-layer ranks)")

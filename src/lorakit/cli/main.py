@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("lorakit.cli.merge", "merge an adapter into its base and write a plain transformers model"),
     "inspect": ("lorakit.cli.inspect", "show an adapter's config, ranks, sizes and singular-value spectra"),
     "combine": ("lorakit.cli.combine", "combine several adapters into one (linear, cat, svd, ties, dare)"),
+    "resize": ("lorakit.cli.resize", "change an adapter's rank: best rank-k (SVD) per layer, --rank K or --energy"),
     "generate": ("lorakit.cli.generate", "generate text with a causal LM, with or without an adapter"),
     "eval": ("lorakit.cli.eval", "evaluate a model (+ adapter) on a dataset"),
     "convert": ("lorakit.cli.convert", "convert a diffusion LoRA between diffusers, kohya / A1111 and PEFT files"),
