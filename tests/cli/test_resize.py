@@ -97,6 +97,21 @@ def test_resize_to_the_full_rank_keeps_the_outputs(tmp_path):
     torch.testing.assert_close(logits(resized, ids), logits(model, ids), atol=1e-5, rtol=1e-5)
 
 
+def test_the_classification_head_beside_the_adapter_is_kept(tmp_path, capsys):
+    """A pooled classifier's run saves its head as adapter_head.safetensors beside the factors (io/wrapped.py); a
+    resized adapter without it cannot be evaluated or loaded (found resizing a real Rotten Tomatoes run)."""
+    from safetensors.torch import load_file, save_file
+
+    _, adapter = adapter_with_spectra(tmp_path, SPECTRA)
+    head = {"classifier.weight": torch.randn(2, 64), "classifier.bias": torch.randn(2)}
+    save_file(head, adapter / "adapter_head.safetensors")
+    assert main(["resize", str(adapter), str(tmp_path / "small"), "--rank", "2"]) == 0
+    copied = load_file(tmp_path / "small" / "adapter_head.safetensors")
+    assert copied.keys() == head.keys() and all(torch.equal(copied[k], head[k]) for k in head)
+    new = sum(f.stat().st_size for f in (tmp_path / "small").glob("adapter_*"))
+    assert f"-> {new:,} bytes" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["--rank", "0"], "--rank 0: expected a rank >= 1"),
     (["--energy", "1.5"], "energy=1.5: expected a share in (0, 1]"),

@@ -15,6 +15,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from lorakit.errors import AdapterFileError, ConfigError
@@ -52,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
     config, tensors, report = resize_file(file, rank=args.rank, energy=args.energy)
     records = {k: v for k, v in file.records.items() if k not in (WEIGHTS_SHA, CONFIG_SHA)}  # made afresh
     records["lorakit_version"] = __version__
+    # files beside the adapter that do not depend on its rank (a pooled classifier's adapter_head.safetensors)
+    written = (WEIGHTS_NAME, CONFIG_NAME)
+    sidecars = [f for f in file.directory.glob("adapter_*") if f.is_file() and f.name not in written]
     with output_directory(out) as tmp:
         write_files(tmp, config, tensors, records)
+        for sidecar in sidecars:
+            shutil.copy2(sidecar, tmp / sidecar.name)
     old = sum(f.stat().st_size for f in file.directory.glob("adapter_*") if f.is_file())
-    new = sum((out / name).stat().st_size for name in (WEIGHTS_NAME, CONFIG_NAME))
+    new = sum(f.stat().st_size for f in out.glob("adapter_*") if f.is_file())
     ranks = sorted({item.new_rank for item in report})
     worst = min((item.kept for item in report), default=1.0)
     print(f"lorakit resize: wrote {out}: {len(report)} layers, ranks {ranks} (from "
