@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lorakit.cli.generate", "generate text with a causal LM, with or without an adapter"),
     "eval": ("lorakit.cli.eval", "evaluate a model (+ adapter) on a dataset"),
     "convert": ("lorakit.cli.convert", "convert a diffusion LoRA between diffusers, kohya / A1111 and PEFT files"),
+    "sweep": ("lorakit.cli.sweep", "search hyperparameters with Optuna (resumable, many workers, pruning)"),
     "serve": ("lorakit.cli.serve", "serve a base model and many adapters over an OpenAI-compatible HTTP API"),
 }
 

@@ -6,6 +6,9 @@ The trainer calls, for every hook in its list, in this order each optimizer step
     hook.on_backward_end(model, step)    gradients are ready, before clipping / optimizer.step
     optimizer.step(); scheduler.step(); optimizer.zero_grad()
     hook.on_step_end(model, step)        parameters hold their new values
+and after each evaluation `hook.on_eval(step, metrics, last)` (last: no training step follows); a hook that
+returns a reason (a string) stops the run there: it ends as an early-stopped run does, its adapter saved (a sweep's
+pruner, lorakit/sweep/trial.py).
 `step` counts optimizer steps from 0. `state_dict()` / `load_state_dict()` go into training checkpoints so
 a resumed run continues exactly.
 """
@@ -29,6 +32,9 @@ class TrainHook:
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         pass
+
+    def on_eval(self, step: int, metrics: dict[str, float], last: bool) -> str | None:
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -330,6 +330,11 @@ class Trainer:
             if t.early_stopping_patience and p.bad_evals >= t.early_stopping_patience:
                 p.stopped_early = True
                 self._say(f"early stopping at step {p.step}: no better eval {name} for {p.bad_evals} evaluations")
+        for hook in self.hooks:
+            reason = hook.on_eval(p.step, metrics, p.step >= self.total_steps)
+            if reason and not p.stopped_early:
+                p.stopped_early = True
+                self._say(f"stopping at step {p.step}: {reason}")
 
     @property
     def metric_name(self) -> str:
