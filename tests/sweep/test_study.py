@@ -95,3 +95,17 @@ def test_a_trial_without_heartbeat_from_another_machine_is_failed_and_queued_aga
     trials = study.get_trials()
     assert trials[remote.number].state == TrialState.FAIL
     assert [t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.WAITING] == [remote.number]
+
+
+def test_the_grid_never_hands_a_running_point_to_a_second_worker(tmp_path):
+    space = parse_space({"lora.r": [4, 8]})
+    study = S.open_study(spec(tmp_path, sampler="grid"), space, "accuracy", {})
+    first, second = study.ask(), study.ask()
+    assert {space.suggest(first)["lora.r"], space.suggest(second)["lora.r"]} == {4, 8}
+    assert study.sampler.is_exhausted(study)  # both points running: nothing new to start
+    study.tell(first, 0.5)
+    assert study.sampler.is_exhausted(study)
+    other = S.open_study(S.StudySpec(storage=spec(tmp_path).storage, name="g2", sampler="grid"), space, "accuracy", {})
+    only = other.ask()
+    space.suggest(only)
+    assert not other.sampler.is_exhausted(other)  # one point left

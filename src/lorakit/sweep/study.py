@@ -36,12 +36,20 @@ def _random(space: SearchSpace, seed: int | None) -> Any:
 def _grid(space: SearchSpace, seed: int | None) -> Any:
     import optuna
 
+    size = space.grid_size()
+
     class AskTellGrid(optuna.samplers.GridSampler):
         """Optuna's grid for ask-and-tell: its after_trial calls study.stop(), which only works inside
-        study.optimize; the workers stop on is_exhausted() instead (sweep/worker.py)."""
+        study.optimize; the workers stop on is_exhausted() instead (sweep/worker.py), which here also counts the
+        points still running (Optuna's would hand a running point to a second worker once all are started)."""
 
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
             pass
+
+        def is_exhausted(self, study: Any) -> bool:
+            started = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False)
+                       if t.state.is_finished() or t.state == optuna.trial.TrialState.RUNNING}
+            return len(started - {None}) >= size
 
     return AskTellGrid(space.grid(), seed=seed)
 

@@ -112,12 +112,13 @@ class Workers:
         with self.lock:
             if self.stop.is_set():
                 return None
-            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if not waiting and counted_trials(self.study) >= self.plan.trials:
-                return None  # queued trials (enqueued, or interrupted ones queued again) always run
+            if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return self.study.ask()  # queued trials (enqueued, or interrupted ones queued again) always run
+            if counted_trials(self.study) >= self.plan.trials:
+                return None
             sampler = self.study.sampler
             if hasattr(sampler, "is_exhausted") and sampler.is_exhausted(self.study):
-                return None  # the grid is done
+                return None  # every grid point is done or running
             return self.study.ask()
 
     def _loop(self) -> None:
