@@ -57,7 +57,7 @@ def _grid(space: SearchSpace, seed: int | None) -> Any:
 SAMPLERS: dict[str, Callable[[SearchSpace, int | None], Any]] = {"tpe": _tpe, "random": _random, "grid": _grid}
 
 
-def _pruner(name: str) -> Any:
+def build_pruner(name: str) -> Any:
     import optuna
 
     pruners = {
@@ -173,12 +173,13 @@ def build_sampler(spec: StudySpec, space: SearchSpace) -> Any:
     return SAMPLERS[spec.sampler](space, spec.seed)
 
 
-def load_study(spec: StudySpec, space: SearchSpace, storage: Any = None) -> Any:
-    """The study as a trial process sees it: the same sampler and pruner (the pruner decides in that process)."""
+def load_study(spec: StudySpec) -> Any:
+    """The study as a trial process sees it: it only reports evaluations and asks the pruner (rebuilt from the
+    spec, so it decides as the sweep's would); it never samples, so its sampler is a plain random one."""
     import optuna
 
-    return optuna.load_study(study_name=spec.name, storage=storage or open_storage(spec.storage),
-                             sampler=build_sampler(spec, space), pruner=_pruner(spec.pruner))
+    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage),
+                             sampler=optuna.samplers.RandomSampler(), pruner=build_pruner(spec.pruner))
 
 
 def open_study(spec: StudySpec, space: SearchSpace, metric: str, record: dict[str, Any]) -> Any:
@@ -188,7 +189,7 @@ def open_study(spec: StudySpec, space: SearchSpace, metric: str, record: dict[st
     storage = open_storage(spec.storage)
     direction = "minimize" if metric == "loss" else "maximize"
     study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True, direction=direction,
-                                sampler=build_sampler(spec, space), pruner=_pruner(spec.pruner))
+                                sampler=build_sampler(spec, space), pruner=build_pruner(spec.pruner))
     mine = {"metric": metric, "space": json.dumps(space.raw, sort_keys=True)}
     theirs = {key: study.user_attrs.get(key) for key in mine}
     if theirs["metric"] is None:  # a new study: record what it searches

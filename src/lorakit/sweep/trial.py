@@ -17,7 +17,7 @@ from typing import Any
 
 from lorakit.errors import LorakitError
 from lorakit.io.atomic import replace_files
-from lorakit.sweep.study import StudySpec, open_storage
+from lorakit.sweep.study import StudySpec
 from lorakit.train.hooks import TrainHook
 
 
@@ -46,12 +46,11 @@ def run_trial(spec: StudySpec, trial_id: int, items: list[str]) -> dict[str, Any
 
     from lorakit.cli.train import load_train_config
     from lorakit.hf.quiet import quiet_transformers
-    from lorakit.sweep.study import _pruner
+    from lorakit.sweep.study import load_study
     from lorakit.train.run import train
 
     quiet_transformers()
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage),
-                              sampler=optuna.samplers.RandomSampler(), pruner=_pruner(spec.pruner))
+    study = load_study(spec)
     metric = study.user_attrs["metric"]
     hook = PruningHook(optuna.trial.Trial(study, trial_id), metric, spec.pruner)
     result = train(load_train_config(items), hooks=[hook])
