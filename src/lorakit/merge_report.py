@@ -120,6 +120,7 @@ def merge_with_report(
     reference = model_logits(model, probes)  # the adapter on the (quantized) base
     if mode == "dequantize" and quant is not None:
         dequantize_model(model, torch.float32)
+        model.float()  # a 16-bit base's other weights too: the merge and its report then run in float32 throughout
     merged = merge_and_unload(model, adapter_names, safe_merge)
     if mode == "dequantize" and dtype != torch.float32:
         merged = merged.to(dtype)

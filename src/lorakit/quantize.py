@@ -34,9 +34,9 @@ from lorakit.inject import prepare_optional_types, set_submodule
 from lorakit.layers.base import LoraLayer
 
 __all__ = [  # with bnb.py's model-level helpers, documented as lorakit.quantize.* (docs/qlora.md)
-    "DEFAULT_SKIP", "METHODS", "QuantConfig", "apply_quantization", "dequantize_model", "import_bitsandbytes",
-    "is_4bit", "is_quantized", "parse_dtype", "prepare_model", "quantization_of", "quantize_linear", "quantize_model",
-    "quantized_bytes", "quantized_layers",
+    "DEFAULT_SKIP", "METHODS", "QuantConfig", "apply_quantization", "dequantize_model", "finish_quantization",
+    "import_bitsandbytes", "is_4bit", "is_quantized", "parse_dtype", "plan_quantization", "prepare_model",
+    "quantization_of", "quantize_linear", "quantize_model", "quantized_bytes", "quantized_layers",
 ]
 METHODS = ("nf4", "fp4", "int8")
 DTYPES: dict[str, torch.dtype] = {
@@ -105,10 +105,21 @@ def apply_quantization(model: nn.Module, config: QuantConfig) -> nn.Module:
     """quantize_model with a QuantConfig (all options, e.g. blocksize and int8_threshold)."""
     import_bitsandbytes()
     _refuse_adapters_and_quantized(model)
+    paths, kept = plan_quantization(model, config)
+    for path in paths:
+        set_submodule(model, path, quantize_linear(model.get_submodule(path), config))
+    return finish_quantization(model, config, paths, kept)
+
+
+def plan_quantization(model: nn.Module, config: QuantConfig) -> tuple[list[str], list[str]]:
+    """(paths of the linear layers to quantize, layers kept in full precision for bitsandbytes' CPU kernel).
+
+    Reads only module types and shapes, so it works on a model whose weights are still on the meta device (the
+    streaming loader, hf/stream_load.py, plans before it reads a single weight)."""
     skip = list(DEFAULT_SKIP if config.skip_modules is None else config.skip_modules)
     head = _output_head(model)
     shared = _shared_weights(model)
-    done: list[str] = []
+    paths: list[str] = []
     kept: list[str] = []
     for path, module in list(model.named_modules()):
         # exact type: nn.Linear subclasses (e.g. MultiheadAttention's out_proj) are read by weight elsewhere
@@ -116,20 +127,25 @@ def apply_quantization(model: nn.Module, config: QuantConfig) -> nn.Module:
             continue
         if any(path == s or path.endswith("." + s) for s in skip):
             continue
-        if config.is_4bit and cpu_4bit_kernel_is_wrong(module.in_features, config.blocksize, module.weight.device):
+        device = module.weight.device if module.weight.device.type != "meta" else torch.device("cpu")
+        if config.is_4bit and cpu_4bit_kernel_is_wrong(module.in_features, config.blocksize, device):
             kept.append(f"{path} ({module.in_features} inputs)")
             continue
-        set_submodule(model, path, quantize_linear(module, config))
-        done.append(path)
+        paths.append(path)
+    if not paths:
+        why = f"; kept for the CPU kernel: {kept[:3]}" if kept else ""
+        raise ConfigError(f"quantize_model found no nn.Linear layer to quantize (skip_modules={skip}{why})")
+    return paths, kept
+
+
+def finish_quantization(model: nn.Module, config: QuantConfig, done: list[str], kept: list[str]) -> nn.Module:
+    """Record the config on a model whose planned layers are now quantized, and warn about the kept ones."""
     if kept:
         warnings.warn(
             f"kept {len(kept)} linear layer(s) in full precision, e.g. {kept[:3]}: bitsandbytes' CPU kernel computes "
             f"wrong 4-bit weights when in_features is not a multiple of blocksize={config.blocksize}",
-            stacklevel=2,
+            stacklevel=3,
         )
-    if not done:
-        why = f"; kept for the CPU kernel: {kept[:3]}" if kept else ""
-        raise ConfigError(f"quantize_model found no nn.Linear layer to quantize (skip_modules={skip}{why})")
     model.__dict__[QUANT_ATTR] = config
     prepare_optional_types(model)  # registers the LoRA wrappers for bitsandbytes' layers (layers/quantized.py)
     return model

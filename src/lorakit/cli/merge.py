@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--safe-merge", action=argparse.BooleanOptionalAction, default=True,
                         help="refuse to write NaN/Inf into the weights (default; --no-safe-merge skips the check)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT even if it is not empty")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="rewrite the base shard by shard (memory: one tensor plus the adapter); automatic when "
+                             "the model would need more than half the available memory (plain LoRA, causal LMs)")
     parser.add_argument("--full-precision-base", action="store_true",
                         help="QLoRA runs: merge into the unquantized base weights instead of the dequantized ones")
     add_pipeline_arguments(parser)  # diffusion adapters: fuse into a pipeline (lorakit/cli/merge_pipeline.py)
@@ -82,6 +85,8 @@ def run_model(args: argparse.Namespace) -> int:
     model_cfg, labels = model_config_for_adapter(adapter, args.task, base_path)
     if model_cfg is not None and args.full_precision_base:
         model_cfg.quantization = None
+    if _merges_by_shard(args, base_path, adapter, model_cfg):
+        return run_shards(args, base_path, adapter, model_cfg, out)
     with output_directory(out) as tmp:  # made first, so an unwritable OUT fails before the slow part
         with loading_base(base_path):
             if model_cfg is None:
@@ -99,6 +104,72 @@ def run_model(args: argparse.Namespace) -> int:
         how = save(merged, tmp)
         tokenizer.save_pretrained(tmp)
     print(f"lorakit merge: wrote {out} ({how}, {args.dtype}); load it with transformers' from_pretrained({str(out)!r})")
+    return 0
+
+
+def _merges_by_shard(args: argparse.Namespace, base: Path, adapter: Path, model_cfg) -> bool:
+    """--low-memory, or a model that would fill more than half the available memory, when the merge can stream."""
+    from lorakit.errors import ConfigError
+    from lorakit.io.checkpoint import read_adapter
+    from lorakit.merge_shards import loaded_bytes, shard_merge_blocker
+
+    task = "base" if model_cfg is None or model_cfg.pooling == "mean" else model_cfg.task
+    blocker = "the run's model config is unknown" if model_cfg is None else \
+        shard_merge_blocker(base, read_adapter(adapter).config, task)
+    if args.low_memory and blocker:
+        raise ConfigError(f"--low-memory: cannot merge shard by shard: {blocker}; leave --low-memory out to merge "
+                          "the whole model in memory")
+    if blocker:
+        return False
+    if args.low_memory:
+        return True
+    available = _available_memory()
+    need = loaded_bytes(base, _load_dtype(model_cfg))
+    if available is None or need <= available // 2:
+        return False
+    gib = 1024**3
+    print(f"lorakit merge: the model needs {need / gib:.1f} GiB and {available / gib:.1f} GiB are available: "
+          "merging shard by shard (--low-memory)")
+    return True
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _load_dtype(model_cfg):
+    import torch
+
+    return None if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
+
+
+def run_shards(args: argparse.Namespace, base: Path, adapter: Path, model_cfg, out: Path) -> int:
+    """The merge written shard by shard (lorakit/merge_shards.py): memory holds one tensor and the adapter."""
+    import torch
+
+    from lorakit.cli.output_dir import output_directory
+    from lorakit.merge_shards import merge_shards
+
+    quant = None
+    if model_cfg.quantization:
+        from lorakit.quantize import QuantConfig
+
+        quant = QuantConfig(method=model_cfg.quantization, compute_dtype=model_cfg.compute_dtype,
+                            double_quant=model_cfg.double_quant)
+        print(f"lorakit merge: the adapter was trained on a {model_cfg.quantization} base; merging into its "
+              "exact dequantization (--full-precision-base: the original weights)")
+    try:
+        with output_directory(out) as tmp:
+            layers = merge_shards(base, adapter, tmp, getattr(torch, args.dtype), _load_dtype(model_cfg), quant,
+                                  args.safe_merge)
+    except MergeError as exc:
+        raise MergeError(f"{exc} ({out} was not written)") from None
+    print(f"lorakit merge: wrote {out} shard by shard ({layers} layers merged, {args.dtype}); load it with "
+          f"transformers' from_pretrained({str(out)!r})")
     return 0
 
 

@@ -4,6 +4,7 @@ The task classes here are what a model family needs for `lorakit train`."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from lorakit.hf.config import ModelConfig
 from lorakit.hf.gguf import is_gguf, load_dense
 from lorakit.hf.quantized import quantize
 
+logger = logging.getLogger("lorakit")
 AUTO_CLASSES = {
     "causal-lm": "AutoModelForCausalLM",
     "seq-cls": "AutoModelForSequenceClassification",
@@ -40,6 +42,7 @@ def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pa
     if cfg.attn_implementation:
         common["attn_implementation"] = cfg.attn_implementation
     kwargs = dict(common)
+    quantized = False  # True when loaded quantized shard by shard (hf/stream_load.py)
     if cfg.task == "seq-cls":
         if not labels:
             raise ConfigError("model.task='seq-cls' needs class labels; use a classification dataset")
@@ -51,7 +54,11 @@ def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pa
             model = MeanPoolClassifier(encoder, len(labels)).to(encoder.dtype)
         else:
             auto = getattr(transformers, AUTO_CLASSES[cfg.task])
-            model = from_pretrained(auto, path, **kwargs)
+            model = _load_quantized(auto, cfg, path, device, kwargs) if cfg.quantization else None
+            if model is not None:
+                quantized = True
+            else:
+                model = from_pretrained(auto, path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"could not load {str(path)!r} as a {cfg.task} model ({type(exc).__name__}: {exc}); check model.path "
@@ -59,10 +66,28 @@ def load_model(cfg: ModelConfig, path: Path, labels: list[str] | None = None, pa
         ) from None
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id  # sequence classification of causal LMs finds the last token
-    if device is not None:
+    if device is not None and not quantized:
         model.to(device)
-    if cfg.quantization is not None:
+    if cfg.quantization is not None and not quantized:
         model = quantize(model, cfg)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
+    return model
+
+
+def _load_quantized(auto_class, cfg: ModelConfig, path: Path, device: torch.device | None,
+                    kwargs: dict) -> nn.Module | None:
+    """The base quantized while it loads, shard by shard (QLoRA on a model larger than memory in full precision);
+    None where that cannot be exact, and the whole model is loaded then quantized (the reason is logged)."""
+    if is_gguf(path):
+        return None  # a GGUF file is dequantized by transformers as a whole (hf/gguf.py)
+    from lorakit.hf.stream_load import load_quantized
+    from lorakit.quantize import QuantConfig
+
+    quant = QuantConfig(method=cfg.quantization, compute_dtype=cfg.compute_dtype, double_quant=cfg.double_quant)
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype")
+    model, why = load_quantized(auto_class, Path(path), quant, dtype, device, **kwargs)
+    if model is None:
+        logger.info("model.quantization=%s: loading the whole model, then quantizing (%s)", cfg.quantization, why)
     return model
