@@ -26,7 +26,7 @@ RANK_SHAPE = "1b"
 def plan(quick: bool) -> dict:
     if quick:
         return {"sizes": ("tiny",), "ranks": (4, 16, 64), "rank_shape": "tiny", "seq": 64, "steps": 2}
-    return {"sizes": SIZES, "ranks": RANKS, "rank_shape": RANK_SHAPE, "seq": 512, "steps": 3}
+    return {"sizes": SIZES, "ranks": RANKS, "rank_shape": RANK_SHAPE, "seq": 512, "steps": 2}
 
 
 def step_point(work: Path, shape: str, rank: int, p: dict, fresh: bool) -> dict:
@@ -140,7 +140,7 @@ Against rank ({p['rank_shape']} shape):
 ![rank]({rank_png.name})
 
 {serving}"""
-    return Section("4. How cost grows", body, [], files)
+    return Section("How cost grows", body, [], files)
 
 
 def _plot_serving(path: Path, curve: dict) -> None:

@@ -9,6 +9,7 @@ LoRA adapter is merged with `lorakit merge --low-memory` (shard by shard). Each 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from benchmarks.scale.checkpoint import SHARD_BYTES, build, parameter_count
@@ -35,6 +36,9 @@ def measure(work: Path, quick: bool, fresh: bool = False) -> dict:
     for variant in ("qlora", "lora-bf16"):
         name = f"train-{p['shape']}-{variant}"
         results[variant] = cached(work, name, fresh, lambda v=variant, n=name: _train(work, model, v, p, n))
+    before = work / f"train-{p['shape']}-qlora-glibc-default.json"  # measured before train/heap.py, kept by hand
+    if before.is_file():
+        results["qlora-glibc-default"] = json.loads(before.read_text())
     adapter = work / f"train-{p['shape']}-lora-bf16-adapter"
     results["merge"] = cached(work, f"merge-{p['shape']}", fresh, lambda: _merge(work, model, adapter, p))
     return results
@@ -75,7 +79,10 @@ def section(results: dict) -> Section:
         "| variant | load s | load peak GiB | s / step | step peak GiB | save peak GiB | trainable | adapter MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, r in (("QLoRA nf4 + double quant, bf16 compute", q), ("LoRA, bf16 base", b)):
+    variants = [("QLoRA nf4 + double quant, bf16 compute", q), ("LoRA, bf16 base", b)]
+    if "qlora-glibc-default" in results:
+        variants.insert(1, ("QLoRA, glibc's default malloc (before `train/heap.py`)", results["qlora-glibc-default"]))
+    for label, r in variants:
         steps = r["step_s"]
         rows.append(f"| {label} | {r['load_s']:.0f} | {gib(r['load_peak_mib']):.2f} | "
                     f"{sum(steps) / len(steps):.1f} ({', '.join(f'{s:.1f}' for s in steps)}) | "
@@ -111,7 +118,7 @@ between phases).
     if p["shape"] != "7b":
         for target in targets:
             target.met, target.measured = None, f"quick mode ({p['shape']} model): {target.measured}"
-    return Section("1. A 7B-class model on a 24 GiB, 2-core machine", body, targets)
+    return Section("A 7B-class model on a 24 GiB, 2-core machine", body, targets)
 
 
 def run(work: Path, quick: bool, fresh: bool = False) -> Section:

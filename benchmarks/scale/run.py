@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -40,6 +41,22 @@ def machine() -> str:
             versions.append(f"{name} {__import__(name).__version__}")
     return (f"{cpu}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), {mem:.0f} GiB RAM, no GPU; "
             f"Python {platform.python_version()}; {', '.join(versions)}")
+
+
+def cached_part(name: str, work: Path, out: Path, quick: bool, fresh: bool, memory_results: dict) -> Section:
+    """A part whose own runs are not cached (the races) is stored whole once it succeeded: a later report reuses
+    it unless --fresh. The memory and cost parts cache each measurement themselves."""
+    path = work / f"section-{name}{'-quick' if quick else ''}.json"
+    if name in ("sft", "serving") and path.is_file() and not fresh:
+        raw = json.loads(path.read_text())
+        return Section(raw["title"], raw["markdown"], [Target(**t) for t in raw["targets"]],
+                       [Path(f) for f in raw["files"]])
+    section = run_part(name, work, out, quick, fresh, memory_results)
+    if name in ("sft", "serving"):
+        path.write_text(json.dumps({"title": section.title, "markdown": section.markdown,
+                                    "targets": [vars(t) for t in section.targets],
+                                    "files": [str(f) for f in section.files]}, indent=2))
+    return section
 
 
 def run_part(name: str, work: Path, out: Path, quick: bool, fresh: bool, memory_results: dict) -> Section:
@@ -85,8 +102,8 @@ def render(sections: list[Section], command: str, took: float, quick: bool) -> s
     for section in sections:
         for target in section.targets:
             lines.append(f"| {target.name} | {target.measured} | {met_word(target.met)} |")
-    for section in sections:
-        lines += ["", f"## {section.title}", "", section.markdown.strip()]
+    for number, section in enumerate(sections, 1):
+        lines += ["", f"## {number}. {section.title}", "", section.markdown.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"scale: {name} ...", flush=True)
         try:
-            sections.append(run_part(name, work, out, args.quick, args.fresh, memory_results))
+            section = cached_part(name, work, out, args.quick, args.fresh, memory_results)
+            if args.quick:  # small models: the numbers show the pipeline works, they judge nothing
+                for target in section.targets:
+                    if not target.measured.startswith("quick mode"):
+                        target.measured = f"quick mode: {target.measured}"
+                    target.met = None
+            sections.append(section)
         except Exception as exc:  # one failed part must not lose the others' measurements
             failed.append(name)
             print(traceback.format_exc(), file=sys.stderr)

@@ -33,6 +33,10 @@ def run(model_dir: Path, variant: str, steps: int, rank: int, seq: int, save: Pa
     from lorakit.hf.models import load_model
 
     quantization, dtype = VARIANTS[variant]
+    if quantization:
+        from lorakit.train.heap import fix_mmap_threshold
+
+        fix_mmap_threshold()  # what lorakit train does for a QLoRA run on CPU
     out: dict = {"variant": variant, "rank": rank, "seq": seq, "steps": steps}
     start = time.perf_counter()
     cfg = ModelConfig(path=str(model_dir), dtype=dtype, quantization=quantization, compute_dtype="bfloat16",

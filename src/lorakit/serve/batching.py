@@ -78,12 +78,14 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.cache.close()
 
     # -- called from the HTTP side ---------------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
         if self.queue_depth() >= self.settings.max_queue:
             raise QueueFull(f"{self.settings.max_queue} requests are already waiting; retry shortly")
         self._requests.put(request)
+        self.cache.prefetch([name for name, _ in request.adapters])  # read ahead, off the model thread
         self.metrics.set("lorakit_queue_depth", {}, self._requests.qsize())
 
     def queue_depth(self) -> int:
@@ -134,11 +136,12 @@ class Engine:
                 self._held.append(self._requests.get(timeout=left))
             except queue.Empty:
                 break
-        return self._take(self.settings.max_batch_size, set())
+        return self._take(self.settings.max_batch_size, set(), joining=False)
 
-    def _take(self, room: int, adapters: set[str]) -> list[Request]:
+    def _take(self, room: int, adapters: set[str], joining: bool) -> list[Request]:
         """Waiting requests, oldest first, while they fit in `room` rows and the resident adapter slots together
-        with `adapters` (the running rows'); stops at the first that does not fit, so no request starves."""
+        with `adapters` (the running rows'); stops at the first that does not fit, so no request starves. Joining a
+        running batch, it also stops at a request whose adapter is still being read: the batch goes on meanwhile."""
         taken: list[Request] = []
         while len(taken) < room:
             if not self._held:
@@ -150,6 +153,8 @@ class Engine:
             names = {name for name, _ in request.adapters}
             if not request.cancel.is_set():
                 if len(adapters | names) > self.cache.max_resident:
+                    break
+                if joining and not all(self.cache.ready(name) for name in names):
                     break
                 taken.append(request)
                 adapters |= names
@@ -173,7 +178,7 @@ class Engine:
             if not self._commands.empty():
                 return []
             running = {name for i in live for name, _ in requests[i].adapters}
-            joining = self._take(self.settings.max_batch_size - len(live), set(running))
+            joining = self._take(self.settings.max_batch_size - len(live), set(running), joining=True)
             joining = self._make_resident(joining, pinned=sorted(running))
             requests.extend(joining)
             new_rows = [self._row(request) for request in joining]

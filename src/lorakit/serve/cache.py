@@ -3,8 +3,10 @@
 Adapters never enter the model's own adapter dicts. Each adapted layer gets a LayerBank (see lorakit.mixed) with
 `max_resident + 1` slots; `read` parses and checks an adapter's files (the slow part, any thread), `install` copies
 its tensors into a free or least-recently-used slot (a memory copy, far below one forward) and wraps the layers it
-targets. Ranks differ freely: a bank grows to the largest rank it has seen. Batches use `plan(rows)`.
-Not thread-safe by itself: the server calls install / unload / plan from its one model thread.
+targets. Read adapters are also kept in a HostStore (read ahead on a reader thread, LRU within `host_bytes`), so
+one evicted from its slot comes back without touching the disk. Ranks differ freely: a bank grows to the largest
+rank it has seen. Batches use `plan(rows)`. Not thread-safe by itself: the server calls install / unload / plan
+from its one model thread.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from lorakit.io.checkpoint import CONFIG_NAME, read_adapter
 from lorakit.io.fingerprint import check_fingerprint
 from lorakit.layers.base import LOW_PRECISION, LoraLayer
 from lorakit.mixed import MixedPlan, RowWeights, row_fold
+from lorakit.serve.host_store import HostStore
 from lorakit.variants.registry import file_roles, variants_of, with_hook
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 BASE = "base"  # the model name that means "no adapter"
+HOST_BYTES = 1 << 30  # read adapters kept in memory beyond the slots
 
 
 class UnknownAdapter(AdapterError):
@@ -56,9 +60,10 @@ class PreparedAdapter:
 
 class AdapterCache:
     def __init__(self, model: nn.Module, adapter_dir: str | Path | None, max_resident: int = 8,
-                 named: dict[str, Path] | None = None) -> None:
+                 named: dict[str, Path] | None = None, host_bytes: int = HOST_BYTES) -> None:
         """`adapter_dir`: a folder of adapters (one sub-folder each; None: none); `named`: adapters the operator named
-        one by one (name -> local folder, e.g. a Hub adapter's snapshot), served beside the folder's."""
+        one by one (name -> local folder, e.g. a Hub adapter's snapshot), served beside the folder's; `host_bytes`:
+        memory for read adapters beyond the slots (0: every load reads the files)."""
         if max_resident < 1:
             raise LorakitError(f"max_resident={max_resident}: at least one adapter must fit")
         self.model = model
@@ -73,6 +78,7 @@ class AdapterCache:
         self.banks: dict[int, LayerBank] = {}  # id(wrapped layer) -> its bank
         self.wrapped: dict[str, LoraLayer] = {}  # layer path -> wrapper the cache made or found
         self.last_swap_seconds = 0.0
+        self.store = HostStore(self.read, self._files, host_bytes)
 
     # -- the directory -------------------------------------------------------------------------------------------
     def path_of(self, name: str) -> Path:
@@ -105,6 +111,22 @@ class AdapterCache:
         except AdapterError:
             return name in self.resident
         return True
+
+    def _files(self, name: str) -> list[Path]:
+        return sorted(p for p in self.path_of(name).iterdir() if p.is_file())
+
+    def ready(self, name: str) -> bool:
+        """Resident, or read and waiting in memory; otherwise its read is started and this says False."""
+        return name in self.resident or self.store.ready(name)
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Start reading the adapters that are not resident (any thread)."""
+        for name in names:
+            if name not in self.resident:
+                self.store.prefetch(name)
+
+    def close(self) -> None:
+        self.store.close()
 
     # -- reading (any thread) --------------------------------------------------------------------------------------
     def read(self, name: str) -> PreparedAdapter:
@@ -179,7 +201,9 @@ class AdapterCache:
         used adapter not in `pinned` when all slots are taken. Returns the slot."""
         start = time.perf_counter()
         if prepared.name in self.resident:
-            self.unload(prepared.name)
+            self.unload(prepared.name, forget=False)
+        if not self.store.holds(prepared.name, prepared):  # read elsewhere (an explicit load): the copy from now on
+            self.store.put(prepared.name, prepared)
         slot = self._free.pop() if self._free else self._evict(pinned)
         for path, tensors in prepared.layers.items():
             layer = self._wrap(path)
@@ -194,8 +218,11 @@ class AdapterCache:
         self.last_swap_seconds = time.perf_counter() - start
         return slot
 
-    def unload(self, name: str) -> bool:
-        """Free an adapter's slot (its files stay on disk). False if it was not resident."""
+    def unload(self, name: str, forget: bool = True) -> bool:
+        """Free an adapter's slot (its files stay on disk; `forget`: drop its copy in memory too, so the next use
+        reads the files again). False if it was not resident."""
+        if forget:
+            self.store.forget(name)
         slot = self.resident.pop(name, None)
         if slot is None:
             return False
@@ -211,7 +238,7 @@ class AdapterCache:
             raise AdapterError(f"{len(names)} adapters requested at once; at most {self.max_resident} fit")
         for name in names:
             if name not in self.resident:
-                self.install(self.read(name), pinned=[*pinned, *names])
+                self.install(self.store.take(name), pinned=[*pinned, *names])
             self.resident.move_to_end(name)
 
     def _evict(self, pinned: Sequence[str]) -> int:
@@ -219,7 +246,7 @@ class AdapterCache:
         if victim is None:
             raise AdapterError(f"all {self.max_resident} adapter slots are in use by the running batch")
         slot = self.resident[victim]
-        self.unload(victim)
+        self.unload(victim, forget=False)
         self._free.remove(slot)
         return slot
 

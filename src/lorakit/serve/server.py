@@ -10,12 +10,13 @@ from pathlib import Path
 
 from lorakit.errors import LorakitError
 from lorakit.serve.batching import Engine, EngineSettings
-from lorakit.serve.cache import AdapterCache
+from lorakit.serve.cache import HOST_BYTES, AdapterCache
 
 
 @dataclass
 class ServeConfig:
     max_resident: int = 8  # adapters kept in memory at once (LRU beyond)
+    host_bytes: int = HOST_BYTES  # read adapters kept in memory beyond the slots (LRU); 0: every load reads files
     engine: EngineSettings = field(default_factory=EngineSettings)
     max_request_bytes: int = 1 << 20
     max_tokens: int = 512
@@ -34,7 +35,7 @@ def build(model, tokenizer, adapter_dir: str | Path | None, config: ServeConfig 
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    cache = AdapterCache(model, adapter_dir, config.max_resident, named)
+    cache = AdapterCache(model, adapter_dir, config.max_resident, named, config.host_bytes)
     engine = Engine(model, tokenizer, cache, config.engine)
     limits = Limits(max_request_bytes=config.max_request_bytes, max_tokens=config.max_tokens,
                     default_chat_tokens=min(256, config.max_tokens), max_prompt_tokens=config.max_prompt_tokens)

@@ -15,6 +15,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.train.data import collate as collate_batch
+from lorakit.train.head import target_logits
 from lorakit.train.loss import cross_entropy_sum
 
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
@@ -61,22 +62,38 @@ class CausalLM(Task):
     def loss_units(self, example: Any) -> int:
         return sum(1 for t in _tokens_of(example, "labels")[1:] if t != IGNORE)
 
-    def logits_and_targets(self, model, batch):
+    def model_inputs(self, model, batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The forward's keyword arguments and the targets of its output positions, (rows, seq)."""
         # targets shifted left, the last position ignored: the logits are used as they are, never copied
         targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (b, s)
         if "position_ids" not in batch:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        elif not flattens_packed_rows(model):
+            return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, targets
+        if not flattens_packed_rows(model):
             # packed blocks (train/packing.py): no attention_mask and no cache, so that transformers reads the
             # position restarts as example boundaries and masks attention across them; padding is on the right,
             # never attended by real tokens, and its labels are IGNORE
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        else:  # flash attention finds the restarts in one row only: the real tokens of every block in one row
-            keep = batch["attention_mask"].bool()
-            logits = model(input_ids=batch["input_ids"][keep][None], position_ids=batch["position_ids"][keep][None],
-                           use_cache=False).logits  # (1, real tokens, V)
-            targets = targets[keep]  # each block's last target is IGNORE: nothing crosses from one to the next
+            return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}, targets
+        # flash attention finds the restarts in one row only: the real tokens of every block in one row; each
+        # block's last target is IGNORE, so nothing crosses from one to the next
+        keep = batch["attention_mask"].bool()
+        return ({"input_ids": batch["input_ids"][keep][None], "position_ids": batch["position_ids"][keep][None],
+                 "use_cache": False}, targets[keep][None])  # (1, real tokens)
+
+    def logits_and_targets(self, model, batch):
+        inputs, targets = self.model_inputs(model, batch)
+        logits = model(**inputs).logits
         return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (tokens, V), (tokens,)
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The summed loss, with the LM head run only on the positions that have a target (train/head.py)."""
+        if type(self).logits_and_targets is not CausalLM.logits_and_targets:  # a subclass's own forward wins
+            return super().loss_sum(model, batch)
+        inputs, targets = self.model_inputs(model, batch)
+        keep = targets != IGNORE
+        logits = target_logits(model, inputs, keep)  # (targets, V)
+        if logits is None:
+            return super().loss_sum(model, batch)
+        return cross_entropy_sum(logits, targets[keep], ignore_index=IGNORE)
 
     def check_packing(self, model: nn.Module) -> None:
         """Refuse data.packing=true for a model that lets the examples of a block see each other: one whose

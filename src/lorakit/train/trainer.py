@@ -35,6 +35,7 @@ from lorakit.train import distributed as D
 from lorakit.train import state as S
 from lorakit.train.config import TrainConfig
 from lorakit.train.data import build_datasets, build_test_set
+from lorakit.train.heap import fix_mmap_threshold
 from lorakit.train.hooks import TrainHook
 from lorakit.train.methods import make_trainable, save_weights
 from lorakit.train.metrics import MetricsLogger, check_sinks, read_metrics, truncate_after
@@ -104,6 +105,8 @@ class Trainer:
         labels = self.data_stats["labels"]
         if labels and self.cfg.data.labels is None:
             self.cfg.data.labels = list(labels)  # recorded in train_config.yaml: merge / eval rebuild the head
+        if self.cfg.model.quantization and self.dist.device.type == "cpu":
+            fix_mmap_threshold()  # QLoRA's memory: freed activations handed back to the OS (train/heap.py)
         base = load_model(self.cfg.model, model_dir, labels, self.tokenizer.pad_token_id,
                           self.dist.device)
         self.test_set = [prepare(e) for e in build_test_set(self.cfg.data, self.tokenizer, self.data_stats)]
