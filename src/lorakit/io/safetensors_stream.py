@@ -70,7 +70,8 @@ class SafetensorsReader:
         buffer = bytearray(entry.nbytes)
         self._file.seek(self._data_start + entry.begin)
         if self._file.readinto(buffer) != entry.nbytes:
-            raise ConfigError(f"{self.path} is truncated: tensor {name!r} ends past the end of the file")
+            raise ConfigError(f"{self.path} is corrupt or truncated: tensor {name!r} ends past the end of the file; "
+                              "download it again")
         if entry.nbytes == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
         return torch.frombuffer(buffer, dtype=entry.dtype).reshape(entry.shape)
@@ -84,14 +85,15 @@ class SafetensorsReader:
 def _read_header(handle: BinaryIO, path: Path) -> tuple[dict[str, Entry], dict[str, str], int]:
     head = handle.read(8)
     if len(head) != 8:
-        raise ConfigError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
+        raise ConfigError(f"{path} is corrupt or truncated: shorter than a safetensors header; download it again")
     (size,) = struct.unpack("<Q", head)
     if size > 100 * 2**20:
-        raise ConfigError(f"{path} is not a safetensors file (its header claims {size} bytes)")
+        raise ConfigError(f"{path} is corrupt or truncated: not a safetensors file (its header claims {size} bytes)")
     try:
         header = json.loads(handle.read(size))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not a safetensors file (header: {exc})") from None
+        raise ConfigError(f"{path} is corrupt or truncated: its safetensors header does not parse ({exc}); "
+                          "download it again") from None
     metadata = header.pop("__metadata__", None) or {}
     entries: dict[str, Entry] = {}
     for name, info in header.items():
