@@ -75,6 +75,7 @@ def steady_step(point: dict) -> float:
 def plot(path: Path, xs: list[float], series: dict[str, list[float]], xlabel: str, title: str,
          logx: bool = True) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -87,6 +88,7 @@ def plot(path: Path, xs: list[float], series: dict[str, list[float]], xlabel: st
         ax.set_ylabel(label)
         if logx:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping minor labels
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -145,6 +147,7 @@ Against rank ({p['rank_shape']} shape):
 
 def _plot_serving(path: Path, curve: dict) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,6 +158,7 @@ def _plot_serving(path: Path, curve: dict) -> None:
         if points:
             ax.plot([x for x, _ in points], [y for _, y in points], marker="o")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("generated tokens / s")
         ax.grid(alpha=0.3)
